@@ -1,0 +1,154 @@
+"""The tamper-evident audit trail: hash chaining, verification and secret redaction.
+
+``hash = sha256(prev_hash ‖ canonical(event))``: editing, removing, inserting or
+reordering any event breaks every hash after it, and the store's separately kept head
+catches events removed from the end.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
+from typing import Any, TypeVar
+
+import structlog
+from pydantic import BaseModel, JsonValue
+
+from bot.errors import AuditChainBroken
+from bot.models import AuditEvent, canonical_json, sha256_hex
+
+GENESIS_HASH = ""
+MASK = "***"
+SECRET_KEY = re.compile(
+    r"pass(word|wd|phrase)?|secret|token|api[_-]?key|auth(orization)?|credential|private[_-]?key"
+    r"|cookie|session",
+    re.IGNORECASE,
+)
+
+log = structlog.get_logger("lam.audit")
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def chain_hash(prev_hash: str, event: AuditEvent) -> str:
+    return sha256_hex(prev_hash + canonical_json(event.body()))
+
+
+def seal(event: AuditEvent, seq: int, prev_hash: str) -> AuditEvent:
+    """The event as it is appended: numbered and chained to the one before it."""
+    numbered = event.model_copy(update={"seq": seq, "prev_hash": prev_hash})
+    return numbered.model_copy(update={"hash": chain_hash(prev_hash, numbered)})
+
+
+async def verify(
+    events: AsyncIterator[AuditEvent],
+    head: tuple[int, str],
+    *,
+    head_after: Callable[[], Awaitable[tuple[int, str]]] | None = None,
+) -> int:
+    """Check the whole chain against the store's head; return the number of events.
+
+    ``head`` is read before ``events``. On a store that is being written to, events can
+    arrive while the chain is read: ``head_after`` reads the head again at the end, and
+    events up to that head are legitimate. Events past every head were not written by
+    LAM. Raises ``AuditChainBroken`` naming the first event that does not verify.
+    """
+    expected_seq, prev_hash = 1, GENESIS_HASH
+    async for event in events:
+        if event.seq != expected_seq:
+            raise AuditChainBroken(
+                event.seq,
+                f"expected event {expected_seq} here (an event was removed, inserted or moved)",
+            )
+        if event.prev_hash != prev_hash:
+            raise AuditChainBroken(event.seq, "does not link to the event before it")
+        if chain_hash(prev_hash, event) != event.hash:
+            raise AuditChainBroken(event.seq, "its content does not match its hash (edited)")
+        prev_hash = event.hash
+        expected_seq += 1
+    count = expected_seq - 1
+
+    head_seq, head_hash = head
+    if count > head_seq and head_after is not None:
+        head_seq, head_hash = await head_after()
+    if count < head[0]:
+        raise AuditChainBroken(
+            count + 1,
+            f"the chain ends at event {count} but the recorded head is event {head[0]}"
+            " (events were removed from the end)",
+        )
+    if count > head_seq:
+        raise AuditChainBroken(
+            head_seq + 1, f"the recorded head is event {head_seq}: events were added after it"
+        )
+    if count == head_seq and prev_hash != head_hash:
+        raise AuditChainBroken(count, "does not match the recorded head hash")
+    return count
+
+
+class Redactor:
+    """Masks secrets before anything is stored, logged, posted or sent to a model.
+
+    Values under secret-looking keys are masked, and so is every occurrence of a
+    configured secret value, wherever it appears.
+    """
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        # Longest first, so a secret that contains another is masked whole.
+        self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        self._secrets = sorted(
+            {*self._secrets, *(s for s in secrets if len(s) >= 4)}, key=len, reverse=True
+        )
+
+    def text(self, value: str) -> str:
+        for secret in self._secrets:
+            value = value.replace(secret, MASK)
+        return value
+
+    def json(self, value: JsonValue) -> JsonValue:
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, list):
+            return [self.json(item) for item in value]
+        if isinstance(value, dict):
+            return {
+                key: MASK if SECRET_KEY.search(key) and value else self.json(value)
+                for key, value in value.items()
+            }
+        return value
+
+    def model(self, model: ModelT) -> ModelT:
+        """A copy of ``model`` with every secret masked; the same object when it has none."""
+        dumped = model.model_dump(mode="json")
+        masked = self.json(dumped)
+        if masked == dumped:
+            return model
+        return type(model).model_validate(masked)
+
+    def __call__(
+        self, logger: Any, method: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        """structlog processor: mask secrets in every log line."""
+        for key, value in list(event_dict.items()):
+            if SECRET_KEY.search(key) and isinstance(value, str | bytes) and value:
+                event_dict[key] = MASK
+            elif isinstance(value, str):
+                event_dict[key] = self.text(value)
+        return event_dict
+
+
+def log_event(event: AuditEvent) -> None:
+    """Mirror an appended audit event into the structured log."""
+    log.info(
+        event.kind,
+        seq=event.seq,
+        request_id=event.request_id,
+        actor=event.actor,
+        state=event.state,
+        plan_hash=event.plan_hash,
+        reason=event.reason,
+        step=event.step.step_id if event.step else None,
+        step_status=event.step.status if event.step else None,
+    )

@@ -1,0 +1,59 @@
+"""Where requests and the audit chain live: the ``Store`` protocol and its implementations.
+
+Every change to a request is one atomic ``save``: the new record (compare-and-set on its
+``version``) together with the audit events that describe the change. A store can never
+hold a state that its audit trail does not explain, or the other way round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
+
+from bot.models import AuditEvent, RequestRecord, State
+
+
+class Store(Protocol):
+    async def create(self, record: RequestRecord, events: Sequence[AuditEvent]) -> RequestRecord:
+        """Store a new request (its ``version`` becomes 1) with its first audit events.
+
+        Raises ``IllegalTransition`` when a request with that id exists already.
+        """
+        ...
+
+    async def save(
+        self, record: RequestRecord, expected_version: int, events: Sequence[AuditEvent]
+    ) -> RequestRecord:
+        """Replace a request if it is still at ``expected_version``, and append ``events``.
+
+        Returns the record as stored (``version`` bumped). Raises ``ConcurrentUpdate`` when
+        another writer got there first, ``UnknownRequest`` when there is no such request.
+        """
+        ...
+
+    async def get(self, request_id: str) -> RequestRecord:
+        """Raises ``UnknownRequest`` when there is no such request."""
+        ...
+
+    async def history(
+        self,
+        *,
+        requester: str | None = None,
+        states: frozenset[State] | None = None,
+        limit: int = 20,
+    ) -> list[RequestRecord]:
+        """Most recent requests first, optionally only one requester's or in some states."""
+        ...
+
+    def audit_events(self, after_seq: int = 0) -> AsyncIterator[AuditEvent]:
+        """The audit chain in order, starting after ``after_seq``, exactly as stored."""
+        ...
+
+    async def audit_head(self) -> tuple[int, str]:
+        """The ``(seq, hash)`` of the last appended event; ``(0, "")`` when there is none.
+
+        Kept apart from the events, so removing events from the end is detected too.
+        """
+        ...
+
+    async def aclose(self) -> None: ...

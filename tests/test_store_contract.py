@@ -1,0 +1,294 @@
+"""The contract every ``Store`` keeps, run against each implementation in ``STORE_FACTORIES``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from bot.audit import seal, verify
+from bot.errors import ConcurrentUpdate, IllegalTransition, UnknownRequest
+from bot.models import AuditEvent, EventKind, Request, RequestRecord
+from bot.store import Store
+from bot.store.sqlite import SqliteStore
+
+StoreFactory = Callable[[Path], AbstractAsyncContextManager[Store]]
+"""Opens a store on the backing found at a location; the same location, the same data."""
+
+
+@asynccontextmanager
+async def sqlite_store(location: Path) -> AsyncIterator[Store]:
+    store = await SqliteStore.open(location / "lam.db")
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+STORE_FACTORIES: dict[str, StoreFactory] = {"sqlite": sqlite_store}
+
+START = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=sorted(STORE_FACTORIES))
+def open_store(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Callable[[], AbstractAsyncContextManager[Store]]:
+    """Opens another handle on one fresh backing each time it is called."""
+    factory = STORE_FACTORIES[request.param]
+    return lambda: factory(tmp_path)
+
+
+@pytest.fixture
+async def store(
+    open_store: Callable[[], AbstractAsyncContextManager[Store]],
+) -> AsyncIterator[Store]:
+    async with open_store() as opened:
+        yield opened
+
+
+def make_record(
+    requester: str = "user:alice", *, minute: int = 0, text: str = "restart api in staging"
+) -> RequestRecord:
+    request = Request(text=text, requester=requester, received_at=START + timedelta(minutes=minute))
+    return RequestRecord(request=request)
+
+
+def make_event(
+    record: RequestRecord, kind: EventKind = "request.received", *, actor: str | None = None
+) -> AuditEvent:
+    return AuditEvent(
+        kind=kind,
+        request_id=record.id,
+        actor=actor or record.request.requester,
+        state=record.state,
+        at=START,
+    )
+
+
+async def all_events(store: Store) -> list[AuditEvent]:
+    return [event async for event in store.audit_events()]
+
+
+async def save_with_retry(
+    store: Store, request_id: str, marker: str, conflicts: list[str] | None = None
+) -> None:
+    """Read, add ``marker`` to the record's suggestions, save; start over on a conflict."""
+    while True:
+        current = await store.get(request_id)
+        changed = current.model_copy(update={"suggestions": (*current.suggestions, marker)})
+        event = make_event(current, "step.finished", actor=marker)
+        try:
+            await store.save(changed, current.version, [event])
+            return
+        except ConcurrentUpdate:
+            if conflicts is not None:
+                conflicts.append(marker)
+
+
+class Interrupted(Exception):
+    """Stands for anything that goes wrong while a store is halfway through a change."""
+
+
+class BrokenEvents(list[AuditEvent]):
+    """Events that fail after the first one is handed over, midway through an append."""
+
+    def __iter__(self) -> Iterator[AuditEvent]:
+        yield self[0]
+        raise Interrupted("the second event could not be read")
+
+
+async def test_create_then_get_returns_the_stored_record(store: Store) -> None:
+    """A created request comes back from ``get`` exactly as ``create`` returned it, at version 1."""
+    record = make_record()
+    created = await store.create(record, [make_event(record)])
+    assert created.version == 1
+    assert created.request == record.request
+    assert await store.get(record.id) == created
+
+
+async def test_save_bumps_version_and_sets_updated_at(store: Store) -> None:
+    """``save`` stores the new state at the next version with a fresh ``updated_at``."""
+    record = make_record()
+    created = await store.create(record, [make_event(record)])
+    planned = created.model_copy(update={"state": "planned"})
+    saved = await store.save(planned, created.version, [make_event(planned, "request.planned")])
+    assert (saved.version, saved.state) == (2, "planned")
+    assert saved.updated_at >= created.updated_at
+    assert await store.get(record.id) == saved
+
+
+async def test_stale_version_raises_concurrent_update_and_writes_nothing(store: Store) -> None:
+    """Saving against a version that is no longer current changes neither record nor audit."""
+    record = make_record()
+    created = await store.create(record, [make_event(record)])
+    first = created.model_copy(update={"state": "planned"})
+    winner = await store.save(first, created.version, [make_event(first, "request.planned")])
+    head = await store.audit_head()
+
+    late = created.model_copy(update={"state": "denied", "reason": "too late"})
+    with pytest.raises(ConcurrentUpdate):
+        await store.save(late, created.version, [make_event(late, "request.denied")])
+
+    assert await store.get(record.id) == winner
+    assert await store.audit_head() == head
+    assert [event.kind for event in await all_events(store)] == [
+        "request.received",
+        "request.planned",
+    ]
+
+
+async def test_unknown_request_raises_unknown_request(store: Store) -> None:
+    """``get`` and ``save`` of an id that was never created raise ``UnknownRequest``."""
+    ghost = make_record()
+    with pytest.raises(UnknownRequest):
+        await store.get(ghost.id)
+    with pytest.raises(UnknownRequest):
+        await store.save(ghost, 1, [make_event(ghost)])
+    assert await store.audit_head() == (0, "")
+
+
+async def test_duplicate_create_raises_illegal_transition_and_writes_nothing(store: Store) -> None:
+    """Creating a request whose id exists already keeps the first one and appends no event."""
+    record = make_record()
+    created = await store.create(record, [make_event(record)])
+    impostor = record.model_copy(update={"state": "approved"})
+    with pytest.raises(IllegalTransition):
+        await store.create(impostor, [make_event(impostor, "request.approved")])
+    assert await store.get(record.id) == created
+    assert len(await all_events(store)) == 1
+
+
+async def test_history_filters_orders_newest_first_and_limits(store: Store) -> None:
+    """``history`` lists newest requests first, filtered by requester and state, up to a limit."""
+    # Created out of order, so only the received time can explain the order that comes back.
+    alice_late = make_record("user:alice", minute=2)
+    alice_early = make_record("user:alice", minute=0)
+    bob = make_record("user:bob", minute=1)
+    alice_latest = make_record("user:alice", minute=3)
+    for record in (alice_late, alice_early, bob, alice_latest):
+        await store.create(record, [make_event(record)])
+    created = await store.get(alice_late.id)
+    planned = created.model_copy(update={"state": "planned"})
+    await store.save(planned, created.version, [make_event(planned, "request.planned")])
+
+    def ids(records: list[RequestRecord]) -> list[str]:
+        return [record.id for record in records]
+
+    assert ids(await store.history()) == [alice_latest.id, alice_late.id, bob.id, alice_early.id]
+    assert ids(await store.history(requester="user:alice")) == [
+        alice_latest.id,
+        alice_late.id,
+        alice_early.id,
+    ]
+    assert ids(await store.history(states=frozenset({"planned"}))) == [alice_late.id]
+    bob_only = await store.history(requester="user:bob", states=frozenset({"received", "planned"}))
+    assert ids(bob_only) == [bob.id]
+    assert await store.history(requester="user:carol") == []
+    assert await store.history(states=frozenset()) == []
+    assert ids(await store.history(limit=2)) == [alice_latest.id, alice_late.id]
+    assert (await store.history(states=frozenset({"planned"})))[0].version == 2
+
+
+async def test_audit_chain_is_contiguous_verified_and_stored_exactly(store: Store) -> None:
+    """Appended events are numbered 1, 2, 3… across requests, chained, and read back as sealed."""
+    assert await store.audit_head() == (0, "")
+    assert await verify(store.audit_events(), await store.audit_head()) == 0
+
+    first, second = make_record(minute=0), make_record("user:bob", minute=1)
+    await store.create(first, [make_event(first)])
+    await store.create(second, [make_event(second)])
+    created = await store.get(first.id)
+    planned = created.model_copy(update={"state": "planned"})
+    await store.save(
+        planned,
+        created.version,
+        [make_event(planned, "request.planned"), make_event(planned, "request.approved")],
+    )
+
+    events = await all_events(store)
+    assert [event.seq for event in events] == [1, 2, 3, 4]
+    assert events[0] == seal(make_event(first), 1, "")
+    assert [event.request_id for event in events] == [first.id, second.id, first.id, first.id]
+    assert await store.audit_head() == (4, events[-1].hash)
+    assert await verify(store.audit_events(), await store.audit_head()) == 4
+    assert [event.seq async for event in store.audit_events(after_seq=2)] == [3, 4]
+
+
+async def test_concurrent_read_modify_save_loses_no_update(store: Store) -> None:
+    """Fifty coroutines retrying read-modify-save on one request each land exactly once."""
+    record = make_record()
+    await store.create(record, [make_event(record)])
+    markers = [f"worker-{n}" for n in range(50)]
+    conflicts: list[str] = []
+
+    await asyncio.gather(*(save_with_retry(store, record.id, m, conflicts) for m in markers))
+
+    final = await store.get(record.id)
+    assert conflicts, "the workers never collided, so the compare-and-set went untested"
+    assert final.version == 1 + len(markers)
+    assert sorted(final.suggestions) == sorted(markers)
+    events = await all_events(store)
+    assert sorted(event.actor for event in events[1:]) == sorted(markers)
+    assert await verify(store.audit_events(), await store.audit_head()) == 1 + len(markers)
+
+
+async def test_two_handles_on_one_backing_serialize_their_writes(
+    open_store: Callable[[], AbstractAsyncContextManager[Store]],
+) -> None:
+    """Writers on two separate handles to the same data never lose an update or fork the chain."""
+    async with open_store() as one, open_store() as other:
+        record = make_record()
+        await one.create(record, [make_event(record)])
+        markers = [f"{name}-{n}" for name in ("one", "other") for n in range(25)]
+        handles = [one, other] * 25
+
+        await asyncio.gather(
+            *(
+                save_with_retry(handle, record.id, marker)
+                for handle, marker in zip(handles, markers, strict=True)
+            )
+        )
+
+        final = await other.get(record.id)
+        assert final.version == 1 + len(markers)
+        assert sorted(final.suggestions) == sorted(markers)
+        assert await verify(one.audit_events(), await one.audit_head()) == 1 + len(markers)
+
+
+async def test_events_of_a_failed_save_never_appear(store: Store) -> None:
+    """A save that fails midway through appending leaves the record and the chain as they were."""
+    record = make_record()
+    created = await store.create(record, [make_event(record)])
+    head = await store.audit_head()
+    planned = created.model_copy(update={"state": "planned"})
+
+    with pytest.raises(Interrupted):
+        await store.save(
+            planned,
+            created.version,
+            BrokenEvents([make_event(planned, "request.planned"), make_event(planned)]),
+        )
+
+    assert await store.get(record.id) == created
+    assert await store.audit_head() == head
+    assert len(await all_events(store)) == 1
+    # The store is still usable: the next save lands right after the surviving event.
+    await store.save(planned, created.version, [make_event(planned, "request.planned")])
+    assert [event.seq for event in await all_events(store)] == [1, 2]
+    assert await verify(store.audit_events(), await store.audit_head()) == 2
+
+
+async def test_events_of_a_failed_create_never_appear(store: Store) -> None:
+    """A create that fails midway through appending stores neither the request nor any event."""
+    record = make_record()
+    with pytest.raises(Interrupted):
+        await store.create(record, BrokenEvents([make_event(record), make_event(record)]))
+    with pytest.raises(UnknownRequest):
+        await store.get(record.id)
+    assert await store.audit_head() == (0, "")
+    assert await all_events(store) == []
