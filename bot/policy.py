@@ -1,0 +1,221 @@
+"""Policy: whether a subject may run, request or approve a step, and the rule that decided.
+
+Casbin evaluates ``policies/model.conf`` over the rules of ``policies/policy.csv`` (read and
+checked by ``bot._policy_files``). This module normalises the resource of every request
+and turns the verdicts for ``run``, ``request`` and ``approve`` into one ``Decision`` per
+step.
+
+Verbs: ``run``, ``request`` and ``approve`` are granted separately; ``*`` is accepted on deny
+rules only, where it denies all three. A deny rule beats every allow rule; what no rule
+allows is denied. Subjects are matched exactly, through roles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+# pycasbin ships no type hints (no py.typed), so everything from it is ``Any``.
+import casbin  # type: ignore[import-untyped]
+
+from bot._policy_files import (
+    MODEL_FILE,
+    POLICY_FILE,
+    Rule,
+    canonical_resource,
+    check_matcher_names,
+    load_model,
+    model_keys,
+    parse_policy,
+    read_policy_file,
+    wildcard_match,
+)
+from bot.errors import ConfigError
+from bot.models import Decision, DecisionKind, Step, Verb
+
+
+@dataclass(frozen=True, slots=True)
+class _Verdict:
+    allowed: bool
+    rule: Rule | None
+    """The deciding rule: an allow rule when allowed, a deny rule or None otherwise."""
+    reason: str
+
+
+def _target(action: str, resource: str) -> str:
+    return repr(action) if resource == "*" else f"{action!r} for {resource!r}"
+
+
+def _no_rule(subject: str, environment: str, action: str, resource: str, verbs: str) -> str:
+    target = _target(action, resource)
+    return f"no rule grants {verbs} on {target} in {environment!r} to {subject!r} (default deny)"
+
+
+def _request_problem(environment: str, action: str) -> str | None:
+    """Why a request cannot be evaluated at all: a pattern where a concrete name belongs."""
+    for name, value in (("environment", environment), ("action", action)):
+        if not value or "*" in value:
+            return f"{name} {value!r} is not a concrete {name}; refusing to evaluate policy"
+    return None
+
+
+class Policy:
+    """The loaded policy files; immutable, so a reload builds a new one and swaps it in."""
+
+    __slots__ = ("_by_fields", "_enforcer", "_matcher_at", "_rules")
+
+    def __init__(self, enforcer: casbin.Enforcer, rules: Iterable[Rule], matcher_at: str) -> None:
+        self._enforcer = enforcer
+        self._matcher_at = matcher_at
+        self._rules = tuple(rules)
+        self._by_fields = {rule.fields: rule for rule in self._rules}
+
+    @classmethod
+    def load(cls, policy_dir: Path) -> Policy:
+        """Read ``model.conf`` and ``policy.csv`` from ``policy_dir``.
+
+        Raises ``ConfigError`` naming the file, the line and the problem when either file
+        is missing or invalid.
+        """
+        model_path, policy_path = policy_dir / MODEL_FILE, policy_dir / POLICY_FILE
+        model_text = read_policy_file(model_path)
+        keys = model_keys(model_path, model_text)
+        enforcer = casbin.Enforcer(load_model(model_path, model_text, keys))
+        enforcer.add_function("wildcardMatch", wildcard_match)
+        enforcer.add_named_domain_matching_func("g", wildcard_match)
+        matcher_at = f"{model_path}:{keys['m']}"
+        matcher = enforcer.get_model()["m"]["m"].value
+        check_matcher_names(matcher_at, matcher, {"g", *enforcer.fm.get_functions()})
+        # No adapter: the rules come from our own parser, which checks every line.
+        rules, links = parse_policy(policy_path, read_policy_file(policy_path))
+        if rules:
+            enforcer.add_policies([list(rule.fields) for rule in rules])
+        if links:
+            enforcer.add_grouping_policies([list(link) for link in links])
+        try:
+            # Casbin compiles the matcher only when it evaluates a request: evaluate one now.
+            enforcer.enforce_ex("user:lam-load-check", "lam-load-check", "lam.check", "*", "run")
+        except Exception as exc:  # Casbin raises whatever its expression evaluator raises.
+            raise ConfigError(f"{matcher_at}: the matcher cannot be evaluated: {exc}") from exc
+        return cls(enforcer, rules, matcher_at)
+
+    def check(
+        self, subject: str, environment: str, action: str, resource: str, verb: Verb
+    ) -> tuple[bool, str]:
+        """Whether ``subject`` may ``verb`` the action, and the deciding rule or why none did."""
+        verdict = self._evaluate(subject, environment, action, canonical_resource(resource), verb)
+        return verdict.allowed, verdict.reason
+
+    def decide(self, subject: str, step: Step) -> Decision:
+        """``allow`` if the subject may run the step, ``needs_approval`` if it may request it.
+
+        A request is only worth making when someone may approve it: with no approver the
+        step is denied, naming the rule that lacks one.
+        """
+        env, action, resource = step.environment, step.action, canonical_resource(step.resource)
+
+        def decision(kind: DecisionKind, rule: str, approvers: tuple[str, ...] = ()) -> Decision:
+            return Decision(
+                step_id=step.id,
+                action=action,
+                environment=env,
+                resource=resource,
+                decision=kind,
+                rule=rule,
+                approvers=approvers,
+                approvals_required=1 if approvers else 0,
+            )
+
+        if problem := _request_problem(env, action):
+            return decision("deny", problem)
+        run = self._evaluate(subject, env, action, resource, "run")
+        if run.allowed:
+            return decision("allow", run.reason)
+        request = self._evaluate(subject, env, action, resource, "request")
+        if request.allowed:
+            if approvers := self._approvers(env, action, resource):
+                return decision("needs_approval", request.reason, approvers)
+            return decision(
+                "deny",
+                f"{request.reason} lets {subject!r} ask, but no rule grants 'approve' on "
+                f"{_target(action, resource)} in {env!r} to anyone",
+            )
+        denial = request if request.rule is not None else run
+        if denial.rule is not None:
+            return decision("deny", denial.reason)
+        return decision("deny", _no_rule(subject, env, action, resource, "'run' or 'request'"))
+
+    def may_approve(self, approver: str, step: Step) -> tuple[bool, str]:
+        """Whether ``approver`` may approve ``step``, and the deciding rule or why none did."""
+        return self.check(approver, step.environment, step.action, step.resource, "approve")
+
+    def roles_of(self, subject: str, environment: str) -> list[str]:
+        """The roles and groups ``subject`` holds in ``environment``, inherited ones included."""
+        return [
+            str(role) for role in self._enforcer.get_implicit_roles_for_user(subject, environment)
+        ]
+
+    def permitted_actions(
+        self, subject: str, environment: str, action_ids: Iterable[str]
+    ) -> list[str]:
+        """The actions ``subject`` may run or request in ``environment`` on some resource.
+
+        Each ``run`` or ``request`` allow rule for an action is tried with its own resource
+        pattern as the resource (its ``*`` standing for itself). A deny rule matches that
+        literal pattern exactly when it covers every resource the allow rule grants, so an
+        action is listed if and only if at least one resource is left to it.
+        """
+        return [
+            action
+            for action in action_ids
+            if any(
+                self._evaluate(subject, environment, action, rule.resource, verb).allowed
+                for verb in ("run", "request")
+                for rule in self._rules
+                if rule.verb == verb
+                and rule.effect == "allow"
+                and wildcard_match(environment, rule.environment)
+                and wildcard_match(action, rule.action)
+            )
+        ]
+
+    def _evaluate(
+        self, subject: str, environment: str, action: str, resource: str, verb: Verb
+    ) -> _Verdict:
+        """Ask Casbin about one canonical request and find the rule its explanation names."""
+        if problem := _request_problem(environment, action):
+            return _Verdict(False, None, problem)
+        try:
+            allowed, explained = self._enforcer.enforce_ex(
+                subject, environment, action, resource, verb
+            )
+        except Exception as exc:  # A matcher can fail on values the load-time check never saw.
+            return _Verdict(
+                False, None, f"{self._matcher_at}: the matcher failed ({exc!r}); denied"
+            )
+        rule = self._by_fields.get(tuple(explained))
+        if rule is None:
+            if allowed:  # Fail closed: an allow must always be explained by an allow rule.
+                return _Verdict(False, None, f"unexplained allow of {verb!r}; refusing it")
+            return _Verdict(
+                False, None, _no_rule(subject, environment, action, resource, repr(verb))
+            )
+        # Under allow-and-deny, Casbin stops at the first matching deny rule and names it;
+        # when it allows, it names the last matching allow rule.
+        return _Verdict(bool(allowed) and rule.effect == "allow", rule, str(rule))
+
+    def _approvers(self, environment: str, action: str, resource: str) -> tuple[str, ...]:
+        """Subjects of ``approve`` allow rules for this step that no deny rule overrides."""
+        candidates = dict.fromkeys(
+            rule.subject
+            for rule in self._rules
+            if rule.verb == "approve"
+            and rule.effect == "allow"
+            and rule.covers(environment, action, resource)
+        )
+        return tuple(
+            subject
+            for subject in candidates
+            if self._evaluate(subject, environment, action, resource, "approve").allowed
+        )
