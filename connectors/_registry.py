@@ -73,7 +73,9 @@ def build_connectors(
 def describe_validation_error(error: ErrorDetails) -> str:
     """One pydantic error as ``field: message``, the way LAM reports bad arguments."""
     location = ".".join(str(part) for part in error["loc"])
-    return f"{location}: {error['msg']}" if location else error["msg"]
+    # pydantic prefixes messages from custom validators; the field name says enough.
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{location}: {message}" if location else message
 
 
 class Catalog:

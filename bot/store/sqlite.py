@@ -4,18 +4,25 @@ Several processes may share the file (``lam serve`` next to ``lam ask`` and ``la
 approve``), and many coroutines may share one ``SqliteStore``: every change is one
 ``BEGIN IMMEDIATE`` transaction that compare-and-sets the record's version and appends its
 audit events after the chain head it read inside that same transaction.
+
+Each transaction runs whole on the store's own database thread, in one hop from the
+event loop. (aiosqlite hops once per statement; a transition is six statements, and those
+hops cost more than the SQLite work itself.) One thread also serialises the coroutines
+that share the connection, so no transaction ever interleaves with another.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import aiosqlite
 from pydantic import ValidationError
 
 from bot.audit import GENESIS_HASH, log_event, seal
@@ -27,6 +34,8 @@ from bot.errors import (
     UnknownRequest,
 )
 from bot.models import AuditEvent, RequestRecord, State, canonical_json, utcnow
+
+T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 5000
@@ -83,83 +92,28 @@ class SqliteStore:
         self.path = path
         self.audit_page_size = audit_page_size
         """How many audit events ``audit_events`` reads at a time."""
-        self._db: aiosqlite.Connection | None = None
-        # aiosqlite runs every call on the connection's one thread, but a transaction is
-        # several calls: without this lock two coroutines' statements would interleave
-        # inside one transaction, and a read could see another coroutine's uncommitted
-        # writes.
-        self._lock = asyncio.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lam-sqlite")
 
     @classmethod
     async def open(cls, path: Path, *, audit_page_size: int = 500) -> SqliteStore:
         """The store at ``path``, creating the file, its directory and its schema if needed."""
         store = cls(path, audit_page_size=audit_page_size)
-        await store._connect()
+        try:
+            store._db = await store._call(partial(_connect, path))
+        except BaseException:
+            store._thread.shutdown(wait=False)
+            raise
         return store
 
-    async def _connect(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None stops the sqlite3 module from opening transactions on its
-        # own; every transaction here is an explicit BEGIN IMMEDIATE.
-        db = await aiosqlite.connect(self.path, isolation_level=None)
-        try:
-            # The busy timeout comes first, so that even switching to WAL waits for
-            # another process that is opening the same file instead of failing.
-            await _execute(db, f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            rows = list(await db.execute_fetchall("PRAGMA journal_mode = WAL"))
-            if str(rows[0][0]).lower() != "wal":
-                raise ConfigError(
-                    f"cannot use write-ahead logging for {str(self.path)!r}; put LAM_HOME on"
-                    " a local filesystem"
-                )
-            # FULL rather than NORMAL: in WAL mode NORMAL is safe from corruption, but a
-            # power cut may undo the last commits, and an audit trail that forgets an
-            # action which has already run is what this store exists to prevent. Commits
-            # are human-paced, so one fsync each costs nothing that matters.
-            await _execute(db, "PRAGMA synchronous = FULL")
-            await _execute(db, "BEGIN IMMEDIATE")
-            try:
-                rows = list(await db.execute_fetchall("PRAGMA user_version"))
-                if int(rows[0][0]) > SCHEMA_VERSION:
-                    raise ConfigError(
-                        f"{str(self.path)!r} was written by a newer LAM (schema"
-                        f" {rows[0][0]}); upgrade LAM or point LAM_HOME elsewhere"
-                    )
-                for statement in _SCHEMA:
-                    await _execute(db, statement)
-                await _execute(db, f"PRAGMA user_version = {SCHEMA_VERSION}")
-                await db.commit()
-            except BaseException:
-                await db.rollback()
-                raise
-        except BaseException:
-            await db.close()
-            raise
-        self._db = db
+    async def _call(self, work: Callable[[], T]) -> T:
+        """Run ``work`` on the database thread; the only way this store touches the file."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, work)
 
-    def _connection(self) -> aiosqlite.Connection:
+    def _connection(self) -> sqlite3.Connection:
         if self._db is None:
             raise RuntimeError(f"the store at {str(self.path)!r} is not open")
         return self._db
-
-    @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction, committed when the block ends and rolled back if it raises.
-
-        BEGIN IMMEDIATE takes the file's write lock up front, so writers in other processes
-        queue on the busy timeout rather than failing when a read would turn into a write.
-        """
-        async with self._lock:
-            db = self._connection()
-            await _execute(db, "BEGIN IMMEDIATE")
-            try:
-                yield db
-                await db.commit()
-            except BaseException:
-                # Also on cancellation: aiosqlite queues the rollback before any later
-                # statement, so the connection is never left inside a transaction.
-                await db.rollback()
-                raise
 
     async def create(self, record: RequestRecord, events: Sequence[AuditEvent]) -> RequestRecord:
         """Store a new request (its ``version`` becomes 1) with its first audit events.
@@ -167,9 +121,13 @@ class SqliteStore:
         Raises ``IllegalTransition`` when a request with that id exists already.
         """
         stored = record.model_copy(update={"version": 1, "updated_at": utcnow()})
-        async with self._transaction() as db:
-            inserted = await _execute(
-                db,
+        sealed = await self._call(partial(self._create, stored, events))
+        _log(sealed)
+        return stored
+
+    def _create(self, stored: RequestRecord, events: Sequence[AuditEvent]) -> list[AuditEvent]:
+        with _transaction(self._connection()) as db:
+            inserted = db.execute(
                 "INSERT INTO requests"
                 " (id, requester, state, version, created_at, updated_at, record)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
@@ -182,14 +140,12 @@ class SqliteStore:
                     _utc_text(stored.updated_at),
                     canonical_json(stored),
                 ),
-            )
+            ).rowcount
             if inserted == 0:
                 raise IllegalTransition(
                     f"a request with id {stored.id!r} exists already; nothing was stored"
                 )
-            sealed = await _append(db, events)
-        _log(sealed)
-        return stored
+            return _append(db, events)
 
     async def save(
         self, record: RequestRecord, expected_version: int, events: Sequence[AuditEvent]
@@ -200,9 +156,15 @@ class SqliteStore:
         another writer got there first, ``UnknownRequest`` when there is no such request.
         """
         stored = record.model_copy(update={"version": expected_version + 1, "updated_at": utcnow()})
-        async with self._transaction() as db:
-            updated = await _execute(
-                db,
+        sealed = await self._call(partial(self._save, stored, expected_version, events))
+        _log(sealed)
+        return stored
+
+    def _save(
+        self, stored: RequestRecord, expected_version: int, events: Sequence[AuditEvent]
+    ) -> list[AuditEvent]:
+        with _transaction(self._connection()) as db:
+            updated = db.execute(
                 "UPDATE requests SET state = ?, version = ?, updated_at = ?, record = ?"
                 " WHERE id = ? AND version = ?",
                 (
@@ -213,32 +175,23 @@ class SqliteStore:
                     stored.id,
                     expected_version,
                 ),
-            )
+            ).rowcount
             if updated == 0:
-                rows = list(
-                    await db.execute_fetchall(
-                        "SELECT version FROM requests WHERE id = ?", (stored.id,)
-                    )
-                )
-                if not rows:
+                row = db.execute(
+                    "SELECT version FROM requests WHERE id = ?", (stored.id,)
+                ).fetchone()
+                if row is None:
                     raise UnknownRequest(stored.id)
                 raise ConcurrentUpdate(
-                    f"request {stored.id!r} is at version {rows[0][0]}, not"
+                    f"request {stored.id!r} is at version {row[0]}, not"
                     f" {expected_version}: another writer changed it; re-read it and decide"
                     " again"
                 )
-            sealed = await _append(db, events)
-        _log(sealed)
-        return stored
+            return _append(db, events)
 
     async def get(self, request_id: str) -> RequestRecord:
         """Raises ``UnknownRequest`` when there is no such request."""
-        async with self._lock:
-            rows = list(
-                await self._connection().execute_fetchall(
-                    "SELECT record FROM requests WHERE id = ?", (request_id,)
-                )
-            )
+        rows = await self._fetch("SELECT record FROM requests WHERE id = ?", (request_id,))
         if not rows:
             raise UnknownRequest(request_id)
         return RequestRecord.model_validate_json(rows[0][0])
@@ -268,8 +221,7 @@ class SqliteStore:
             f"SELECT record FROM requests{where}"  # noqa: S608
             " ORDER BY created_at DESC, rowid DESC LIMIT ?"
         )
-        async with self._lock:
-            rows = await self._connection().execute_fetchall(query, (*parameters, limit))
+        rows = await self._fetch(query, (*parameters, limit))
         return [RequestRecord.model_validate_json(row[0]) for row in rows]
 
     async def audit_events(self, after_seq: int = 0) -> AsyncIterator[AuditEvent]:
@@ -280,15 +232,10 @@ class SqliteStore:
         """
         cursor = after_seq
         while True:
-            # The lock is held per page only: a consumer that saves while it iterates
-            # must not wait on itself.
-            async with self._lock:
-                rows = list(
-                    await self._connection().execute_fetchall(
-                        "SELECT seq, event FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
-                        (cursor, self.audit_page_size),
-                    )
-                )
+            rows = await self._fetch(
+                "SELECT seq, event FROM audit WHERE seq > ? ORDER BY seq LIMIT ?",
+                (cursor, self.audit_page_size),
+            )
             for seq, text in rows:
                 try:
                     event = AuditEvent.model_validate_json(text)
@@ -306,40 +253,87 @@ class SqliteStore:
 
         Kept apart from the events, so removing events from the end is detected too.
         """
-        async with self._lock:
-            rows = list(
-                await self._connection().execute_fetchall(
-                    "SELECT seq, hash FROM audit_head WHERE id = 1"
-                )
-            )
+        rows = await self._fetch("SELECT seq, hash FROM audit_head WHERE id = 1")
         if not rows:
             return 0, GENESIS_HASH
         return int(rows[0][0]), str(rows[0][1])
 
     async def aclose(self) -> None:
         """Close the file once the operation in flight, if any, has finished."""
-        async with self._lock:
-            if self._db is not None:
-                db, self._db = self._db, None
-                await db.close()
+        if self._db is not None:
+            db, self._db = self._db, None
+            await self._call(db.close)
+        self._thread.shutdown(wait=True)
+
+    async def _fetch(self, query: str, parameters: Sequence[Any] = ()) -> list[Any]:
+        def fetch() -> list[Any]:
+            return self._connection().execute(query, parameters).fetchall()
+
+        return await self._call(fetch)
 
 
-async def _execute(db: aiosqlite.Connection, sql: str, parameters: Sequence[Any] = ()) -> int:
-    """Run one statement and return how many rows it changed."""
-    async with db.execute(sql, parameters) as cursor:
-        return cursor.rowcount
+def _connect(path: Path) -> sqlite3.Connection:
+    """Open the file in WAL mode and create or check its schema; on the database thread."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # isolation_level=None stops the sqlite3 module from opening transactions on its own;
+    # every transaction here is an explicit BEGIN IMMEDIATE. The connection is used only
+    # on the store's one database thread, which is not the thread that opens it.
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        # The busy timeout comes first, so that even switching to WAL waits for another
+        # process that is opening the same file instead of failing.
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise ConfigError(
+                f"cannot use write-ahead logging for {str(path)!r}; put LAM_HOME on a local"
+                " filesystem"
+            )
+        # FULL rather than NORMAL: in WAL mode NORMAL is safe from corruption, but a power
+        # cut may undo the last commits, and an audit trail that forgets an action which
+        # has already run is what this store exists to prevent.
+        db.execute("PRAGMA synchronous = FULL")
+        with _transaction(db):
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"{str(path)!r} was written by a newer LAM (schema {version}); upgrade"
+                    " LAM or point LAM_HOME elsewhere"
+                )
+            for statement in _SCHEMA:
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        db.close()
+        raise
+    return db
 
 
-async def _append(db: aiosqlite.Connection, events: Sequence[AuditEvent]) -> list[AuditEvent]:
+@contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction, committed when the block ends and rolled back if it raises.
+
+    BEGIN IMMEDIATE takes the file's write lock up front, so writers in other processes
+    queue on the busy timeout rather than failing when a read would turn into a write.
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _append(db: sqlite3.Connection, events: Sequence[AuditEvent]) -> list[AuditEvent]:
     """Seal ``events`` onto the chain head and move the head; inside a write transaction."""
-    rows = list(await db.execute_fetchall("SELECT seq, hash FROM audit_head WHERE id = 1"))
-    seq, prev_hash = (int(rows[0][0]), str(rows[0][1])) if rows else (0, GENESIS_HASH)
+    row = db.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
+    seq, prev_hash = (int(row[0]), str(row[1])) if row else (0, GENESIS_HASH)
     sealed: list[AuditEvent] = []
     for event in events:
         seq += 1
         appended = seal(event, seq, prev_hash)
-        await _execute(
-            db,
+        db.execute(
             "INSERT INTO audit (seq, request_id, kind, at, prev_hash, hash, event)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
@@ -355,8 +349,7 @@ async def _append(db: aiosqlite.Connection, events: Sequence[AuditEvent]) -> lis
         sealed.append(appended)
         prev_hash = appended.hash
     if sealed:
-        await _execute(
-            db,
+        db.execute(
             "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?)"
             " ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
             (seq, prev_hash),

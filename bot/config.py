@@ -1,0 +1,111 @@
+"""Settings from the environment, and ``lam.yaml`` for connectors.
+
+A bad setting stops start-up with one line that names it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bot.errors import ConfigError
+from connectors import ConnectorConfig, describe_validation_error
+
+ENVIRONMENT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+
+    lam_home: Path = Field(default=Path("~/.lam"), alias="LAM_HOME")
+    lam_policy_dir: Path = Field(default=Path("policies"), alias="LAM_POLICY_DIR")
+    lam_config: Path | None = Field(default=None, alias="LAM_CONFIG")
+    lam_environments: str = Field(default="dev,staging,prod", alias="LAM_ENVIRONMENTS")
+    """Comma-separated environment names requests may target."""
+    lam_default_environment: str = Field(default="dev", alias="LAM_DEFAULT_ENVIRONMENT")
+    lam_approval_ttl_seconds: int = Field(default=3600, gt=0, alias="LAM_APPROVAL_TTL_SECONDS")
+    lam_log_format: str = Field(default="console", alias="LAM_LOG_FORMAT")
+    lam_log_level: str = Field(default="warning", alias="LAM_LOG_LEVEL")
+    slack_bot_token: SecretStr | None = Field(default=None, alias="SLACK_BOT_TOKEN")
+    slack_signing_secret: SecretStr | None = Field(default=None, alias="SLACK_SIGNING_SECRET")
+    slack_app_token: SecretStr | None = Field(default=None, alias="SLACK_APP_TOKEN")
+    openai_api_key: SecretStr | None = Field(default=None, alias="OPENAI_API_KEY")
+    redis_url: SecretStr | None = Field(default=None, alias="REDIS_URL")
+
+    @field_validator("lam_log_format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value not in ("console", "json"):
+            raise ValueError(f"must be 'console' or 'json', not {value!r}")
+        return value
+
+    @property
+    def home(self) -> Path:
+        return self.lam_home.expanduser()
+
+    @property
+    def database_path(self) -> Path:
+        return self.home / "lam.db"
+
+    @property
+    def environments(self) -> tuple[str, ...]:
+        names = tuple(name.strip() for name in self.lam_environments.split(",") if name.strip())
+        for name in names:
+            if not ENVIRONMENT_NAME.match(name):
+                raise ConfigError(f"LAM_ENVIRONMENTS: {name!r} is not a valid environment name")
+        if self.lam_default_environment not in names:
+            raise ConfigError(
+                f"LAM_DEFAULT_ENVIRONMENT: {self.lam_default_environment!r} is not one of"
+                f" LAM_ENVIRONMENTS ({', '.join(names)})"
+            )
+        return names
+
+    def secrets(self) -> list[str]:
+        """Every configured secret value, for redaction."""
+        values = (
+            self.slack_bot_token,
+            self.slack_signing_secret,
+            self.slack_app_token,
+            self.openai_api_key,
+            self.redis_url,
+        )
+        return [value.get_secret_value() for value in values if value is not None]
+
+
+def load_settings() -> Settings:
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise ConfigError(f"invalid setting {describe_validation_error(first)}") from error
+    settings.environments  # noqa: B018 -- validate the environment list at start-up
+    return settings
+
+
+class LamConfig(BaseModel):
+    """``lam.yaml``: the connector instances this installation runs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    connectors: tuple[ConnectorConfig, ...] = (ConnectorConfig(type="shell", name="shell"),)
+
+
+def load_config(path: Path | None) -> LamConfig:
+    """Read ``lam.yaml``; with no path, the built-in connectors with their defaults."""
+    if path is None:
+        return LamConfig()
+    try:
+        raw = yaml.safe_load(path.expanduser().read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"LAM_CONFIG: cannot read {str(path)!r}: {error.strerror}") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"LAM_CONFIG: {str(path)!r} is not valid YAML: {error}") from error
+    try:
+        return LamConfig.model_validate(raw or {})
+    except ValidationError as error:
+        problems = "; ".join(describe_validation_error(e) for e in error.errors())
+        raise ConfigError(f"LAM_CONFIG: {str(path)!r}: {problems}") from error

@@ -1,0 +1,238 @@
+"""Action execution, observation and feedback: running an approved plan step by step.
+
+Governance wraps every step here, in one place: right before a step runs, policy is
+asked again (a role revoked after approval stops the step). Each step records that it
+started before it runs and its result after, so a redelivered run never repeats a
+finished step, and a step found ``running`` had an unknown outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+
+from bot.errors import ActionFailed, InvalidArguments, UnknownAction
+from bot.models import (
+    FINISHED_STEP_STATUSES,
+    EventKind,
+    RequestRecord,
+    State,
+    Step,
+    StepResult,
+    StepStatus,
+    utcnow,
+)
+from connectors import ActionContext, Catalog
+
+TRUNCATION_MARK = "\n[output truncated: kept the first {limit} bytes]"
+
+log = structlog.get_logger("lam.execution")
+
+
+@dataclass(frozen=True)
+class ExecutionOptions:
+    max_attempts: int = 3
+    """Attempts per step for errors a connector marks retryable."""
+    backoff_base: float = 0.5
+    backoff_max: float = 10.0
+    output_limit: int = 64 * 1024
+    """Bytes of output kept per step; the rest is dropped and the result marked."""
+
+
+class CommitFn(Protocol):
+    """One transition, stored atomically with its audit event; returns the stored record."""
+
+    async def __call__(
+        self,
+        record: RequestRecord,
+        state: State,
+        kind: EventKind,
+        *,
+        step: StepResult | None = None,
+        reason: str | None = None,
+        **changes: Any,
+    ) -> RequestRecord: ...
+
+
+Guard = Callable[[RequestRecord, Step], str | None]
+"""Asked right before a step runs; a returned reason stops the step (and the run)."""
+
+
+async def execute(
+    record: RequestRecord,
+    *,
+    catalog: Catalog,
+    guard: Guard,
+    commit: CommitFn,
+    options: ExecutionOptions,
+) -> RequestRecord:
+    """Run the steps of an ``executing`` request that have not finished; end the request.
+
+    Stops at the first step that fails; the steps after it are marked skipped. Returns
+    the request in ``succeeded`` or ``failed``.
+    """
+    assert record.plan is not None and record.state == "executing"
+    failure: str | None = None
+    for step in record.plan.steps:
+        previous = record.result_of(step.id)
+        if previous is not None and previous.status in FINISHED_STEP_STATUSES:
+            if previous.status != "succeeded":
+                failure = failure or f"step {step.id} ({step.action}) {previous.status}"
+            continue
+        if failure is not None:
+            record = await _finish(record, step, commit, "skipped", error=f"not run: {failure}")
+            continue
+        if previous is not None and previous.status == "running":
+            # The worker running it stopped before recording how it ended; running it
+            # again is safe only for actions that say so.
+            action = catalog.get(step.action) if step.action in catalog else None
+            if action is None or not action.idempotent:
+                failure = f"step {step.id} ({step.action}) was interrupted; its outcome is unknown"
+                record = await _finish(
+                    record, step, commit, "interrupted", error=failure, attempts=previous.attempts
+                )
+                continue
+        record, result = await _run_step(record, step, catalog, guard, commit, options)
+        if result.status != "succeeded":
+            failure = f"step {step.id} ({step.action}) failed: {result.error}"
+    if failure is not None:
+        return await commit(record, "failed", "request.failed", reason=failure)
+    return await commit(record, "succeeded", "request.succeeded")
+
+
+async def _run_step(
+    record: RequestRecord,
+    step: Step,
+    catalog: Catalog,
+    guard: Guard,
+    commit: CommitFn,
+    options: ExecutionOptions,
+) -> tuple[RequestRecord, StepResult]:
+    dry_run = record.plan is not None and record.plan.dry_run
+    try:
+        action = catalog.get(step.action)
+        params = catalog.validate(step.action, step.args)
+    except (UnknownAction, InvalidArguments) as error:
+        record = await _finish(record, step, commit, "failed", error=str(error))
+        return record, _result(record, step)
+    refusal = guard(record, step)
+    if refusal is None and dry_run and not action.supports_dry_run:
+        refusal = f"{step.action!r} has no dry-run mode; nothing was run"
+    if refusal is not None:
+        record = await _finish(record, step, commit, "failed", error=refusal)
+        return record, _result(record, step)
+
+    started = StepResult(
+        step_id=step.id,
+        action=step.action,
+        status="running",
+        dry_run=dry_run,
+        started_at=utcnow(),
+    )
+    record = await _record(record, started, commit, "step.started")
+    context = ActionContext(
+        request_id=record.id,
+        step_id=step.id,
+        environment=step.environment,
+        dry_run=dry_run,
+        idempotency_key=f"{record.id}:{record.plan.plan_hash if record.plan else ''}:{step.id}",
+        timeout=action.timeout,
+    )
+    bound = log.bind(request_id=record.id, step=step.id, action=step.action)
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            async with asyncio.timeout(action.timeout):
+                outcome = await action.run(params, context)
+        except TimeoutError:
+            problem, retryable = f"timed out after {action.timeout:g}s", False
+        except ActionFailed as failed:
+            problem, retryable = str(failed), failed.retryable
+        except Exception as crash:  # a connector bug becomes a failed step, not a crash
+            bound.exception("step.crashed")
+            problem, retryable = f"{step.action} crashed: {type(crash).__name__}: {crash}", False
+        else:
+            output, truncated = cap_output(outcome.output, options.output_limit)
+            finished = started.model_copy(
+                update={
+                    "status": "succeeded",
+                    "attempts": attempts,
+                    "output": output,
+                    "truncated": truncated,
+                    "sandboxed": outcome.sandboxed,
+                    "finished_at": utcnow(),
+                }
+            )
+            record = await _record(record, finished, commit, "step.finished")
+            return record, finished
+        if retryable and attempts < options.max_attempts:
+            delay = backoff_delay(attempts, options)
+            bound.warning("step.retrying", attempt=attempts, error=problem, delay=round(delay, 3))
+            await asyncio.sleep(delay)
+            continue
+        if retryable:
+            problem = f"{problem} (gave up after {attempts} attempts)"
+        failed_result = started.model_copy(
+            update={
+                "status": "failed",
+                "attempts": attempts,
+                "error": problem,
+                "finished_at": utcnow(),
+            }
+        )
+        record = await _record(record, failed_result, commit, "step.finished")
+        return record, failed_result
+
+
+def backoff_delay(attempt: int, options: ExecutionOptions) -> float:
+    """Exponential backoff with full jitter, so retrying workers do not move in step."""
+    ceiling = min(options.backoff_max, options.backoff_base * 2 ** (attempt - 1))
+    return random.uniform(0, ceiling)  # noqa: S311 -- jitter, not cryptography
+
+
+def cap_output(output: str, limit: int) -> tuple[str, bool]:
+    """At most ``limit`` bytes of ``output`` (cut on a character boundary), and a mark."""
+    encoded = output.encode("utf-8")
+    if len(encoded) <= limit:
+        return output, False
+    kept = encoded[:limit].decode("utf-8", errors="ignore")
+    return kept + TRUNCATION_MARK.format(limit=limit), True
+
+
+async def _finish(
+    record: RequestRecord,
+    step: Step,
+    commit: CommitFn,
+    status: StepStatus,
+    *,
+    error: str,
+    attempts: int = 0,
+) -> RequestRecord:
+    result = StepResult(
+        step_id=step.id,
+        action=step.action,
+        status=status,
+        attempts=attempts,
+        error=error,
+        finished_at=utcnow(),
+    )
+    return await _record(record, result, commit, "step.finished")
+
+
+async def _record(
+    record: RequestRecord, result: StepResult, commit: CommitFn, kind: EventKind
+) -> RequestRecord:
+    results = (*(r for r in record.results if r.step_id != result.step_id), result)
+    return await commit(record, "executing", kind, step=result, results=results)
+
+
+def _result(record: RequestRecord, step: Step) -> StepResult:
+    result = record.result_of(step.id)
+    assert result is not None
+    return result
