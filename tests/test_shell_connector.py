@@ -15,8 +15,9 @@ import pytest
 from pydantic import ValidationError
 
 from bot.errors import ActionFailed, ConfigError
+from connectors._runbook import ParamSpec, Runbook, render
 from connectors.base import ActionContext, ActionResult, Connector
-from connectors.shell import ParamSpec, Runbook, ShellConnector, ShellSettings, render
+from connectors.shell import ShellConnector, ShellSettings
 
 PYTHON = "/usr/bin/python3"
 ECHO_ARGS = "import json, sys; print(json.dumps(sys.argv[1:]))"
