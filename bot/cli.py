@@ -19,7 +19,7 @@ from bot.logs import configure_logging
 from bot.models import Request, RequestRecord, Step
 from bot.policy import Policy
 from bot.policy_tests import run_policy_tests
-from bot.text import as_subject
+from bot.text import as_subject, normalise
 from bot.wiring import build_catalog, open_engine, policy_dir
 
 app = typer.Typer(
@@ -201,6 +201,8 @@ def policy_check(
     subject = _subject(user)
     policy = _load_policy()
     try:
+        env, action = normalise(env, what="ENV"), normalise(action, what="ACTION")
+        resource = normalise(resource, what="--resource")
         catalog = build_catalog(_settings())
     except LamError as error:
         raise _fail(error) from None

@@ -17,8 +17,9 @@ import pytest
 
 from bot.errors import ActionFailed, SandboxUnavailable
 from connectors import _sandbox
-from connectors.base import ActionContext, ActionResult
+from connectors.base import ActionResult
 from connectors.shell import ShellConnector, ShellSettings
+from tests.support.actions import action_context as context
 
 PYTHON = "/usr/bin/python3"
 
@@ -58,17 +59,6 @@ print("grandchild started", flush=True)
 if sys.argv[3] == "hang":
     time.sleep(1000)
 """
-
-
-def context(*, timeout: float = 30.0) -> ActionContext:
-    return ActionContext(
-        request_id="r1",
-        step_id="s1",
-        environment="dev",
-        dry_run=False,
-        idempotency_key="r1:s1",
-        timeout=timeout,
-    )
 
 
 def make(runbooks: dict[str, Any], **settings: Any) -> ShellConnector:

@@ -16,25 +16,15 @@ from pydantic import ValidationError
 
 from bot.errors import ActionFailed, ConfigError
 from connectors._runbook import ParamSpec, Runbook, render
-from connectors.base import ActionContext, ActionResult, Connector
+from connectors.base import ActionResult, Connector
 from connectors.shell import ShellConnector, ShellSettings
+from tests.support.actions import action_context as context
 
 PYTHON = "/usr/bin/python3"
 ECHO_ARGS = "import json, sys; print(json.dumps(sys.argv[1:]))"
 
 needs_python = pytest.mark.skipif(not os.path.exists(PYTHON), reason="needs /usr/bin/python3")
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
-
-
-def context(*, dry_run: bool = False, timeout: float = 30.0) -> ActionContext:
-    return ActionContext(
-        request_id="r1",
-        step_id="s1",
-        environment="dev",
-        dry_run=dry_run,
-        idempotency_key="r1:s1",
-        timeout=timeout,
-    )
 
 
 def make(runbooks: dict[str, Any] | None = None, **settings: Any) -> ShellConnector:

@@ -136,3 +136,15 @@ class ScriptedConnector:
         assert isinstance(params, OutputParams)
         self.calls[f"{self.name}.output"] += 1
         return ActionResult(output="é" * (params.size // 2))
+
+
+def action_context(*, dry_run: bool = False, timeout: float = 30.0) -> ActionContext:
+    """The context the executor would pass for step s1 of request r1."""
+    return ActionContext(
+        request_id="r1",
+        step_id="s1",
+        environment="dev",
+        dry_run=dry_run,
+        idempotency_key="r1:s1",
+        timeout=timeout,
+    )
