@@ -18,6 +18,9 @@ from bot.store.sqlite import SqliteStore
 from connectors import Catalog
 from tests.support.actions import ScriptedConnector
 
+# A private redis-server per test session, for every test that needs Redis.
+pytest_plugins = ("tests.support.redis_server",)
+
 REPO = Path(__file__).resolve().parent.parent
 
 APPROVERS = [f"user:lead{i}" for i in range(50)]

@@ -15,6 +15,7 @@ from bot.errors import ConcurrentUpdate, IllegalTransition, UnknownRequest
 from bot.models import AuditEvent, EventKind, Request, RequestRecord
 from bot.store import Store
 from bot.store.sqlite import SqliteStore
+from tests.support.redis_server import redis_store
 
 StoreFactory = Callable[[Path], AbstractAsyncContextManager[Store]]
 """Opens a store on the backing found at a location; the same location, the same data."""
@@ -29,7 +30,7 @@ async def sqlite_store(location: Path) -> AsyncIterator[Store]:
         await store.aclose()
 
 
-STORE_FACTORIES: dict[str, StoreFactory] = {"sqlite": sqlite_store}
+STORE_FACTORIES: dict[str, StoreFactory] = {"sqlite": sqlite_store, "redis": redis_store}
 
 START = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
 
@@ -217,6 +218,27 @@ async def test_audit_chain_is_contiguous_verified_and_stored_exactly(store: Stor
     assert await store.audit_head() == (4, events[-1].hash)
     assert await verify(store.audit_events(), await store.audit_head()) == 4
     assert [event.seq async for event in store.audit_events(after_seq=2)] == [3, 4]
+
+
+async def test_events_of_lam_itself_join_the_same_chain(store: Store) -> None:
+    """Events about no request (a policy reload) are chained between request events."""
+    record = make_record()
+    await store.create(record, [make_event(record)])
+    reload = AuditEvent(
+        kind="policy.reloaded",
+        request_id=None,
+        actor="lam",
+        state=None,
+        reason="sha256:ab",
+        at=START,
+    )
+    await store.append([reload])
+    events = await all_events(store)
+    assert [(e.seq, e.kind, e.request_id) for e in events] == [
+        (1, "request.received", record.id),
+        (2, "policy.reloaded", None),
+    ]
+    assert await verify(store.audit_events(), await store.audit_head()) == 2
 
 
 async def test_concurrent_read_modify_save_loses_no_update(store: Store) -> None:

@@ -31,6 +31,10 @@ class Store(Protocol):
         """
         ...
 
+    async def append(self, events: Sequence[AuditEvent]) -> None:
+        """Append audit events that change no request (a policy reload), atomically."""
+        ...
+
     async def get(self, request_id: str) -> RequestRecord:
         """Raises ``UnknownRequest`` when there is no such request."""
         ...
@@ -53,6 +57,13 @@ class Store(Protocol):
         """The ``(seq, hash)`` of the last appended event; ``(0, "")`` when there is none.
 
         Kept apart from the events, so removing events from the end is detected too.
+        """
+        ...
+
+    async def audit_checkpoint(self) -> tuple[int, str]:
+        """The ``(seq, hash)`` of the last event retention removed; ``(0, "")`` if none.
+
+        Verification continues the chain from here.
         """
         ...
 

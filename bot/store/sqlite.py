@@ -57,7 +57,7 @@ _SCHEMA = (
     """
     CREATE TABLE IF NOT EXISTS audit (
         seq INTEGER PRIMARY KEY,
-        request_id TEXT NOT NULL,
+        request_id TEXT,
         kind TEXT NOT NULL,
         at TEXT NOT NULL,
         prev_hash TEXT NOT NULL,
@@ -189,6 +189,15 @@ class SqliteStore:
                 )
             return _append(db, events)
 
+    async def append(self, events: Sequence[AuditEvent]) -> None:
+        """Append audit events that change no request (a policy reload), atomically."""
+
+        def append() -> list[AuditEvent]:
+            with _transaction(self._connection()) as db:
+                return _append(db, events)
+
+        _log(await self._call(append))
+
     async def get(self, request_id: str) -> RequestRecord:
         """Raises ``UnknownRequest`` when there is no such request."""
         rows = await self._fetch("SELECT record FROM requests WHERE id = ?", (request_id,))
@@ -257,6 +266,10 @@ class SqliteStore:
         if not rows:
             return 0, GENESIS_HASH
         return int(rows[0][0]), str(rows[0][1])
+
+    async def audit_checkpoint(self) -> tuple[int, str]:
+        """Always ``(0, "")``: the embedded store keeps its whole chain."""
+        return 0, GENESIS_HASH
 
     async def aclose(self) -> None:
         """Close the file once the operation in flight, if any, has finished."""
