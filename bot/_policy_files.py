@@ -205,10 +205,47 @@ def check_matcher_names(where: str, matcher: str, functions: set[str]) -> None:
         )
 
 
-def parse_policy(path: Path, text: str) -> tuple[list[Rule], list[tuple[str, str, str]]]:
-    """The ``p`` rules and ``g`` links of ``policy.csv``, every line checked."""
+@dataclass(frozen=True, slots=True)
+class Quorum:
+    """One ``q`` line: steps it covers need ``approvals`` distinct approvers, not one."""
+
+    environment: str
+    action: str
+    resource: str
+    approvals: int
+
+    def covers(self, environment: str, action: str, resource: str) -> bool:
+        return (
+            wildcard_match(environment, self.environment)
+            and wildcard_match(action, self.action)
+            and wildcard_match(resource, self.resource)
+        )
+
+    def __str__(self) -> str:
+        return f"q, {self.environment}, {self.action}, {self.resource}, {self.approvals}"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyLines:
+    rules: list[Rule]
+    links: list[tuple[str, str, str]]
+    quorums: list[Quorum]
+    protected: list[str]
+    """Environment patterns of ``protect`` lines."""
+
+
+def parse_policy(path: Path, text: str) -> PolicyLines:
+    """The lines of ``policy.csv``, every one checked.
+
+    ``p`` rules and ``g`` links go to Casbin. ``q`` and ``protect`` lines are LAM's own:
+    ``q, ENVIRONMENT, ACTION, RESOURCE, N`` makes a step those patterns cover wait for N
+    distinct approvers; ``protect, ENVIRONMENT`` marks environments where a destructive
+    step needs approval unless a ``run`` rule names its action exactly.
+    """
     rules: list[Rule] = []
     links: list[tuple[str, str, str]] = []
+    quorums: list[Quorum] = []
+    protected: list[str] = []
     seen: dict[tuple[str, ...], int] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
@@ -222,13 +259,42 @@ def parse_policy(path: Path, text: str) -> tuple[list[Rule], list[tuple[str, str
             rules.append(_parse_rule(where, fields))
         elif kind == "g":
             links.append(_parse_link(where, fields))
+        elif kind == "q":
+            quorums.append(_parse_quorum(where, fields))
+        elif kind == "protect":
+            if len(fields) != 1 or not fields[0]:
+                raise ConfigError(f"{where}: a 'protect' line names one environment pattern")
+            protected.append(fields[0])
         else:
             raise ConfigError(
-                f"{where}: a line starts with 'p' (a rule) or 'g' (a role), not {kind!r}: {line!r}"
+                f"{where}: a line starts with 'p' (a rule), 'g' (a role), 'q' (a quorum) or"
+                f" 'protect', not {kind!r}: {line!r}"
             )
         if (earlier := seen.setdefault((kind, *fields), number)) != number:
             raise ConfigError(f"{where}: repeats line {earlier}: {line!r}")
-    return rules, links
+    return PolicyLines(rules, links, quorums, protected)
+
+
+MAX_QUORUM = 10
+
+
+def _parse_quorum(where: str, fields: list[str]) -> Quorum:
+    if len(fields) != 4 or not all(fields):
+        raise ConfigError(
+            f"{where}: a 'q' line has 4 non-empty fields after 'q' (environment, action,"
+            f" resource, approvals); got {fields!r}"
+        )
+    environment, action, resource, count = fields
+    if not count.isdigit() or not 1 <= int(count) <= MAX_QUORUM:
+        raise ConfigError(
+            f"{where}: approvals {count!r} must be a whole number from 1 to {MAX_QUORUM}"
+        )
+    if (canonical := canonical_resource(resource)) != resource:
+        raise ConfigError(
+            f"{where}: resource {resource!r} would never match a normalised request;"
+            f" write {canonical!r}"
+        )
+    return Quorum(environment, action, resource, int(count))
 
 
 def _check_subject(where: str, subject: str, prefixes: tuple[str, ...], what: str) -> None:

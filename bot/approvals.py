@@ -88,11 +88,17 @@ def decide(
         raise ApprovalExpired(
             f"request {record.id} expired at {record.expires_at:%Y-%m-%d %H:%M:%S} UTC; ask again"
         )
+    if not approver.startswith("user:"):
+        # Approvals are made by people. A role or group never approves, so nobody can
+        # approve through a group they share with the requester.
+        raise PolicyDenied(f"{approver!r} is not a person; only user: subjects approve")
     if approver == record.request.requester:
         raise PolicyDenied(f"you asked for request {record.id}; someone else must approve it")
     if any(a.approver == approver for a in record.approvals):
         raise IllegalTransition(f"you have already decided on request {record.id}")
     assert record.plan is not None  # awaiting_approval is only reached with a plan
+    if approvals_needed(record) < 1:
+        raise IllegalTransition(f"request {record.id} has no step that needs approval")
 
     rules: list[str] = []
     for decision in record.decisions:

@@ -47,16 +47,24 @@ async def verify(
     events: AsyncIterator[AuditEvent],
     head: tuple[int, str],
     *,
+    start: tuple[int, str] = (0, GENESIS_HASH),
     head_after: Callable[[], Awaitable[tuple[int, str]]] | None = None,
 ) -> int:
-    """Check the whole chain against the store's head; return the number of events.
+    """Check the chain against the store's head; return the number of events checked.
 
-    ``head`` is read before ``events``. On a store that is being written to, events can
-    arrive while the chain is read: ``head_after`` reads the head again at the end, and
-    events up to that head are legitimate. Events past every head were not written by
-    LAM. Raises ``AuditChainBroken`` naming the first event that does not verify.
+    ``head`` is read before ``events``. ``start`` is the store's checkpoint, the
+    ``(seq, hash)`` of the last event retention removed: the chain must go on from it.
+    On a store that is being written to, events can arrive while the chain is read:
+    ``head_after`` reads the head again at the end, and events up to that head are
+    legitimate. Events past every head were not written by LAM. Raises
+    ``AuditChainBroken`` naming the first event that does not verify.
     """
-    expected_seq, prev_hash = 1, GENESIS_HASH
+    start_seq, prev_hash = start
+    if start_seq > head[0]:
+        raise AuditChainBroken(
+            start_seq, f"the checkpoint is event {start_seq}, past the recorded head {head[0]}"
+        )
+    expected_seq = start_seq + 1
     async for event in events:
         if event.seq != expected_seq:
             raise AuditChainBroken(
@@ -69,24 +77,24 @@ async def verify(
             raise AuditChainBroken(event.seq, "its content does not match its hash (edited)")
         prev_hash = event.hash
         expected_seq += 1
-    count = expected_seq - 1
+    last = expected_seq - 1
 
     head_seq, head_hash = head
-    if count > head_seq and head_after is not None:
+    if last > head_seq and head_after is not None:
         head_seq, head_hash = await head_after()
-    if count < head[0]:
+    if last < head[0]:
         raise AuditChainBroken(
-            count + 1,
-            f"the chain ends at event {count} but the recorded head is event {head[0]}"
+            last + 1,
+            f"the chain ends at event {last} but the recorded head is event {head[0]}"
             " (events were removed from the end)",
         )
-    if count > head_seq:
+    if last > head_seq:
         raise AuditChainBroken(
             head_seq + 1, f"the recorded head is event {head_seq}: events were added after it"
         )
-    if count == head_seq and prev_hash != head_hash:
-        raise AuditChainBroken(count, "does not match the recorded head hash")
-    return count
+    if last == head_seq and prev_hash != head_hash:
+        raise AuditChainBroken(last, "does not match the recorded head hash")
+    return last - start_seq
 
 
 class Redactor:

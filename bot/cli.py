@@ -18,6 +18,7 @@ from bot.lifecycle import DESCRIPTIONS
 from bot.logs import configure_logging
 from bot.models import Request, RequestRecord, Step
 from bot.policy import Policy
+from bot.policy_reload import PolicyReloader
 from bot.policy_tests import run_policy_tests
 from bot.text import as_subject, normalise
 from bot.wiring import build_catalog, open_engine, policy_dir
@@ -179,7 +180,20 @@ def actions(json: Json = False) -> None:
 def chat(as_user: AsUser) -> None:
     """A conversation with LAM in the terminal."""
     requester = _subject(as_user)
-    _with_engine(lambda engine: console.chat(engine, requester, input, sys.stdout))
+    settings = _settings()
+
+    async def converse(engine: Engine) -> None:
+        risks = {action.id: action.risk for action in engine.catalog}
+        reloader = PolicyReloader(engine, policy_dir(settings), risks)
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(reloader.run(stop, settings.lam_policy_reload_seconds))
+        try:
+            await console.chat(engine, requester, input, sys.stdout)
+        finally:
+            stop.set()
+            await watcher
+
+    _with_engine(converse)
 
 
 def _load_policy() -> Policy:
@@ -206,8 +220,8 @@ def policy_check(
         catalog = build_catalog(_settings())
     except LamError as error:
         raise _fail(error) from None
-    # The action's declared risk matters to policy (protected environments); an action
-    # this installation does not know is checked as the least risky kind.
+    # A destructive action needs approval in a protected environment, so the risk its
+    # connector declares matters; an action this installation lacks is checked as 'read'.
     risk = catalog.get(action).risk if action in catalog else "read"
     step = Step(id="check", action=action, args={}, environment=env, resource=resource, risk=risk)
     decision = policy.decide(subject, step)
@@ -225,7 +239,8 @@ def policy_test() -> None:
     settings = _settings()
     try:
         directory = policy_dir(settings)
-        results = run_policy_tests(Policy.load(directory), directory / "tests")
+        risks = {action.id: action.risk for action in build_catalog(settings)}
+        results = run_policy_tests(Policy.load(directory), directory / "tests", risks)
     except LamError as error:
         raise _fail(error) from None
     failed = [r for r in results if not r.passed]

@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     """Comma-separated environment names requests may target."""
     lam_default_environment: str = Field(default="dev", alias="LAM_DEFAULT_ENVIRONMENT")
     lam_approval_ttl_seconds: int = Field(default=3600, gt=0, alias="LAM_APPROVAL_TTL_SECONDS")
+    lam_policy_reload_seconds: float = Field(default=5.0, gt=0, alias="LAM_POLICY_RELOAD_SECONDS")
+    """How often a long-running LAM checks the policy files for changes."""
     lam_log_format: str = Field(default="console", alias="LAM_LOG_FORMAT")
     lam_log_level: str = Field(default="warning", alias="LAM_LOG_LEVEL")
     slack_bot_token: SecretStr | None = Field(default=None, alias="SLACK_BOT_TOKEN")

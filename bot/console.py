@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Iterable
 from typing import TextIO
@@ -172,8 +173,8 @@ def render_event(event: AuditEvent) -> str:
     if event.reason:
         extra += f" reason={event.reason!r}"
     return (
-        f"{event.seq:>6} {event.at:%Y-%m-%d %H:%M:%S} {event.kind:<26} {event.request_id}"
-        f" actor={event.actor} state={event.state}{extra}"
+        f"{event.seq:>6} {event.at:%Y-%m-%d %H:%M:%S} {event.kind:<26}"
+        f" {event.request_id or '-':<12} actor={event.actor} state={event.state or '-'}{extra}"
     )
 
 
@@ -189,11 +190,15 @@ Type a request, e.g. 'disk usage in staging' or 'run shell.uptime'. Commands:
 
 
 async def chat(engine: Engine, requester: str, read: Callable[[str], str], out: TextIO) -> None:
-    """A read-eval-print loop over the engine; ``read`` raises EOFError to end it."""
+    """A read-eval-print loop over the engine; ``read`` raises EOFError to end it.
+
+    ``read`` blocks, so it runs in a thread: the event loop stays free for background
+    work such as reloading policy.
+    """
     print(f"LAM console as {requester}. /help for commands.", file=out)
     while True:
         try:
-            line = read("lam> ").strip()
+            line = (await asyncio.to_thread(read, "lam> ")).strip()
         except (EOFError, KeyboardInterrupt):
             print(file=out)
             return

@@ -30,6 +30,8 @@ from bot.lifecycle import DESCRIPTIONS, advance
 from bot.models import (
     AuditEvent,
     EventKind,
+    Intent,
+    Plan,
     Request,
     RequestRecord,
     State,
@@ -38,6 +40,7 @@ from bot.models import (
     utcnow,
 )
 from bot.planning import Planner
+from bot.planning.aliases import AliasPlanner
 from bot.policy import Policy
 from bot.store import Store
 from connectors import Catalog
@@ -72,6 +75,7 @@ class Engine:
         self.planner = planner
         self.options = options or EngineOptions()
         self.redactor = redactor or Redactor()
+        self._explainer = AliasPlanner()
 
     async def ask(self, request: Request) -> RequestRecord:
         """Record a request, plan it, decide each step, and run it if nothing needs approval.
@@ -89,7 +93,7 @@ class Engine:
                 environments=self.options.environments,
                 default_environment=self.options.default_environment,
             )
-            plan = self.redactor.model(await self.planner.plan(intent, self.catalog))
+            plan = self.redactor.model(await self._plan(intent))
         except (InvalidInput, NoPlan) as error:
             suggestions = error.suggestions if isinstance(error, NoPlan | UnknownAction) else []
             bound.info("request.unplanned", reason=str(error))
@@ -126,6 +130,25 @@ class Engine:
         if record.state == "executing":
             return await self._run(record)
         return record
+
+    async def _plan(self, intent: Intent) -> Plan:
+        """Plan with only the actions the requester may run or request in that environment.
+
+        When nothing permitted matches, the offline phrasings are tried against every
+        action, so a request for something forbidden is answered with the rule that
+        forbids it instead of "I don't know how"; policy then denies it like any step.
+        No model ever sees a forbidden action.
+        """
+        ids = self.policy.permitted_actions(
+            intent.requester, intent.environment, (action.id for action in self.catalog)
+        )
+        try:
+            return await self.planner.plan(intent, self.catalog.restricted(ids))
+        except (NoPlan, UnknownAction) as unplanned:
+            try:
+                return await self._explainer.plan(intent, self.catalog)
+            except (NoPlan, InvalidInput):
+                raise unplanned from None
 
     def _verdict(self, planned: RequestRecord) -> tuple[RequestRecord, AuditEvent]:
         """Denied if any step is denied, else awaiting approval if any needs it, else approved."""

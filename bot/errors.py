@@ -62,6 +62,14 @@ class ConcurrentUpdate(LamError):
     """Another writer changed the request first; re-read it and decide again."""
 
 
+class StoreUnavailable(LamError):
+    """The store cannot be reached or kept a change from going through; nothing ran.
+
+    LAM fails closed: no action runs without its audit entry, so while the store is
+    down nothing runs at all.
+    """
+
+
 class PolicyDenied(LamError):
     """Policy does not let this subject do this."""
 

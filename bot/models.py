@@ -47,6 +47,8 @@ EventKind = Literal[
     "step.finished",
     "request.succeeded",
     "request.failed",
+    "policy.reloaded",
+    "policy.refused",
 ]
 
 TERMINAL_STATES: frozenset[State] = frozenset(
@@ -215,9 +217,10 @@ class AuditEvent(Model):
     seq: int = 0
     """Position in the chain, assigned by the store when the event is appended."""
     kind: EventKind
-    request_id: str
+    request_id: str | None
+    """The request this event is about; ``None`` for events of LAM itself (policy reloads)."""
     actor: str
-    state: State
+    state: State | None
     at: datetime = Field(default_factory=utcnow)
     plan_hash: str | None = None
     decisions: tuple[Decision, ...] = ()

@@ -12,7 +12,8 @@ allows is denied. Subjects are matched exactly, through roles.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import casbin  # type: ignore[import-untyped]
 from bot._policy_files import (
     MODEL_FILE,
     POLICY_FILE,
+    Quorum,
     Rule,
     canonical_resource,
     check_matcher_names,
@@ -31,6 +33,7 @@ from bot._policy_files import (
     read_policy_file,
     wildcard_match,
 )
+from bot._policy_index import RuleIndex, SubjectRoles, indexes
 from bot.errors import ConfigError
 from bot.models import Decision, DecisionKind, Step, Verb
 
@@ -60,16 +63,58 @@ def _request_problem(environment: str, action: str) -> str | None:
     return None
 
 
+DECISION_CACHE_SIZE = 16_384
+"""How many verdicts a ``Policy`` keeps, keyed by the whole canonical request."""
+
+
 class Policy:
     """The loaded policy files; immutable, so a reload builds a new one and swaps it in."""
 
-    __slots__ = ("_by_fields", "_enforcer", "_matcher_at", "_rules")
+    __slots__ = (
+        "_approvers",
+        "_by_fields",
+        "_decisions",
+        "_enforcer",
+        "_index",
+        "_indexed",
+        "_matcher_at",
+        "_protected",
+        "_quorums",
+        "_roles",
+        "_rules",
+    )
 
-    def __init__(self, enforcer: casbin.Enforcer, rules: Iterable[Rule], matcher_at: str) -> None:
+    def __init__(
+        self,
+        enforcer: casbin.Enforcer,
+        rules: Iterable[Rule],
+        matcher_at: str,
+        *,
+        quorums: Iterable[Quorum] = (),
+        protected: Iterable[str] = (),
+    ) -> None:
+        self._quorums = tuple(quorums)
+        self._protected = tuple(protected)
         self._enforcer = enforcer
         self._matcher_at = matcher_at
         self._rules = tuple(rules)
         self._by_fields = {rule.fields: rule for rule in self._rules}
+        # Casbin scans every rule per request; for LAM's own matcher an index gives the same
+        # verdict and explanation (bot._policy_index). Another matcher is left to Casbin.
+        self._roles = SubjectRoles(enforcer)
+        self._index = RuleIndex(self._rules)
+        self._indexed = indexes(enforcer.get_model()["m"]["m"].value)
+        # Each step is checked when planned, at approval and before it runs: remember the
+        # verdicts. The cache lives and dies with this Policy, so a reload, which swaps in
+        # a new Policy, drops it at once (the cache holds a bound method of this Policy: the
+        # cycle collector frees both). functools.lru_cache stays consistent under threads;
+        # LAM calls it from one event loop.
+        self._decisions: Callable[[str, str, str, str, Verb], _Verdict] = functools.lru_cache(
+            DECISION_CACHE_SIZE
+        )(self._evaluate_uncached)
+        self._approvers: Callable[[str, str, str], tuple[str, ...]] = functools.lru_cache(
+            DECISION_CACHE_SIZE
+        )(self._approvers_uncached)
 
     @classmethod
     def load(cls, policy_dir: Path) -> Policy:
@@ -88,7 +133,8 @@ class Policy:
         matcher = enforcer.get_model()["m"]["m"].value
         check_matcher_names(matcher_at, matcher, {"g", *enforcer.fm.get_functions()})
         # No adapter: the rules come from our own parser, which checks every line.
-        rules, links = parse_policy(policy_path, read_policy_file(policy_path))
+        lines = parse_policy(policy_path, read_policy_file(policy_path))
+        rules, links = lines.rules, lines.links
         if rules:
             enforcer.add_policies([list(rule.fields) for rule in rules])
         if links:
@@ -98,7 +144,7 @@ class Policy:
             enforcer.enforce_ex("user:lam-load-check", "lam-load-check", "lam.check", "*", "run")
         except Exception as exc:  # Casbin raises whatever its expression evaluator raises.
             raise ConfigError(f"{matcher_at}: the matcher cannot be evaluated: {exc}") from exc
-        return cls(enforcer, rules, matcher_at)
+        return cls(enforcer, rules, matcher_at, quorums=lines.quorums, protected=lines.protected)
 
     def check(
         self, subject: str, environment: str, action: str, resource: str, verb: Verb
@@ -111,11 +157,15 @@ class Policy:
         """``allow`` if the subject may run the step, ``needs_approval`` if it may request it.
 
         A request is only worth making when someone may approve it: with no approver the
-        step is denied, naming the rule that lacks one.
+        step is denied, naming the rule that lacks one. A ``destructive`` step in a
+        protected environment needs approval even with ``run``, unless the rule that
+        grants ``run`` names the action exactly (no ``*`` in its action).
         """
         env, action, resource = step.environment, step.action, canonical_resource(step.resource)
 
-        def decision(kind: DecisionKind, rule: str, approvers: tuple[str, ...] = ()) -> Decision:
+        def decision(
+            kind: DecisionKind, rule: str, approvers: tuple[str, ...] = (), required: int = 0
+        ) -> Decision:
             return Decision(
                 step_id=step.id,
                 action=action,
@@ -124,18 +174,35 @@ class Policy:
                 decision=kind,
                 rule=rule,
                 approvers=approvers,
-                approvals_required=1 if approvers else 0,
+                approvals_required=required,
             )
 
         if problem := _request_problem(env, action):
             return decision("deny", problem)
         run = self._evaluate(subject, env, action, resource, "run")
-        if run.allowed:
+        guarded = (
+            run.allowed
+            and step.risk == "destructive"
+            and self.is_protected(env)
+            and run.rule is not None
+            and run.rule.action != action
+        )
+        if run.allowed and not guarded:
             return decision("allow", run.reason)
         request = self._evaluate(subject, env, action, resource, "request")
+        if guarded:
+            # Whoever may run it may certainly ask for it.
+            request = _Verdict(
+                True,
+                run.rule,
+                f"{run.reason}; but {action!r} is destructive and {env!r} is protected, so it"
+                " needs approval unless a 'run' rule names the action exactly",
+            )
         if request.allowed:
             if approvers := self._approvers(env, action, resource):
-                return decision("needs_approval", request.reason, approvers)
+                required, quorum = self._quorum(env, action, resource)
+                reason = f"{request.reason}; {quorum}" if quorum else request.reason
+                return decision("needs_approval", reason, approvers, required)
             return decision(
                 "deny",
                 f"{request.reason} lets {subject!r} ask, but no rule grants 'approve' on "
@@ -146,15 +213,28 @@ class Policy:
             return decision("deny", denial.reason)
         return decision("deny", _no_rule(subject, env, action, resource, "'run' or 'request'"))
 
+    def is_protected(self, environment: str) -> bool:
+        """Whether a ``protect`` line of policy.csv covers ``environment``."""
+        return any(wildcard_match(environment, pattern) for pattern in self._protected)
+
+    def _quorum(self, environment: str, action: str, resource: str) -> tuple[int, str | None]:
+        """Distinct approvals a step needs: the largest covering ``q`` line, else one."""
+        covering = [q for q in self._quorums if q.covers(environment, action, resource)]
+        if not covering:
+            return 1, None
+        strictest = max(covering, key=lambda q: q.approvals)
+        return strictest.approvals, f"{strictest} ({strictest.approvals} distinct approvers)"
+
     def may_approve(self, approver: str, step: Step) -> tuple[bool, str]:
         """Whether ``approver`` may approve ``step``, and the deciding rule or why none did."""
         return self.check(approver, step.environment, step.action, step.resource, "approve")
 
     def roles_of(self, subject: str, environment: str) -> list[str]:
-        """The roles and groups ``subject`` holds in ``environment``, inherited ones included."""
-        return [
-            str(role) for role in self._enforcer.get_implicit_roles_for_user(subject, environment)
-        ]
+        """The roles and groups ``subject`` holds in ``environment``, inherited ones included.
+
+        Breadth first, as far up a chain of roles as Casbin follows one when it decides.
+        """
+        return list(self._roles.held(subject, environment)[1:])
 
     def permitted_actions(
         self, subject: str, environment: str, action_ids: Iterable[str]
@@ -166,24 +246,55 @@ class Policy:
         literal pattern exactly when it covers every resource the allow rule grants, so an
         action is listed if and only if at least one resource is left to it.
         """
+        # Only rules of the subject itself or of a role it holds can grant it anything.
+        held = set(self._roles.held(subject, environment))
+        grants = [
+            rule
+            for rule in self._rules
+            if rule.subject in held
+            and rule.effect == "allow"
+            and rule.verb in ("run", "request")
+            and wildcard_match(environment, rule.environment)
+        ]
         return [
             action
             for action in action_ids
             if any(
-                self._evaluate(subject, environment, action, rule.resource, verb).allowed
-                for verb in ("run", "request")
-                for rule in self._rules
-                if rule.verb == verb
-                and rule.effect == "allow"
-                and wildcard_match(environment, rule.environment)
-                and wildcard_match(action, rule.action)
+                self._evaluate(subject, environment, action, rule.resource, rule.verb).allowed
+                for rule in grants
+                if rule.verb != "*" and wildcard_match(action, rule.action)
             )
         ]
 
     def _evaluate(
         self, subject: str, environment: str, action: str, resource: str, verb: Verb
     ) -> _Verdict:
-        """Ask Casbin about one canonical request and find the rule its explanation names."""
+        """The verdict on one canonical request and the rule Casbin would name for it."""
+        return self._decisions(subject, environment, action, resource, verb)
+
+    def _evaluate_uncached(
+        self, subject: str, environment: str, action: str, resource: str, verb: Verb
+    ) -> _Verdict:
+        """``_evaluate`` without the cache: from the index, or from Casbin for another matcher."""
+        if not self._indexed:
+            return self._evaluate_with_casbin(subject, environment, action, resource, verb)
+        if problem := _request_problem(environment, action):
+            return _Verdict(False, None, problem)
+        held = self._roles.held(subject, environment)
+        allowed, rule = self._index.decide(held, environment, action, resource, verb)
+        if rule is None:
+            return _Verdict(
+                False, None, _no_rule(subject, environment, action, resource, repr(verb))
+            )
+        return _Verdict(allowed, rule, str(rule))
+
+    def _evaluate_with_casbin(
+        self, subject: str, environment: str, action: str, resource: str, verb: Verb
+    ) -> _Verdict:
+        """Ask Casbin about one canonical request and find the rule its explanation names.
+
+        The reference the index must agree with; used for matchers the index does not know.
+        """
         if problem := _request_problem(environment, action):
             return _Verdict(False, None, problem)
         try:
@@ -205,17 +316,10 @@ class Policy:
         # when it allows, it names the last matching allow rule.
         return _Verdict(bool(allowed) and rule.effect == "allow", rule, str(rule))
 
-    def _approvers(self, environment: str, action: str, resource: str) -> tuple[str, ...]:
+    def _approvers_uncached(self, environment: str, action: str, resource: str) -> tuple[str, ...]:
         """Subjects of ``approve`` allow rules for this step that no deny rule overrides."""
-        candidates = dict.fromkeys(
-            rule.subject
-            for rule in self._rules
-            if rule.verb == "approve"
-            and rule.effect == "allow"
-            and rule.covers(environment, action, resource)
-        )
         return tuple(
             subject
-            for subject in candidates
+            for subject in self._index.granting("approve", environment, action, resource)
             if self._evaluate(subject, environment, action, resource, "approve").allowed
         )

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
@@ -12,7 +13,7 @@ from pydantic import ValidationError, field_validator
 
 from bot._policy_files import SUBJECT_PREFIXES, read_policy_file
 from bot.errors import ConfigError
-from bot.models import DecisionKind, Model, Step
+from bot.models import DecisionKind, Model, Risk, Step
 from bot.policy import Policy
 
 
@@ -24,12 +25,16 @@ class PolicyTestCase(Model):
     environment: str
     action: str
     resource: str = "*"
+    risk: Risk | None = None
+    """The action's risk; by default what the installed connector declares, else ``read``."""
     expect: DecisionKind
     name: str | None = None
     expect_rule: str | None = None
     """Text the deciding rule must contain, e.g. ``, deny`` or ``(default deny)``."""
     expect_approvers: tuple[str, ...] | None = None
     """The approvers a ``needs_approval`` decision must name, in any order."""
+    expect_approvals: int | None = None
+    """How many distinct approvals a ``needs_approval`` decision must ask for."""
 
     @field_validator("subject")
     @classmethod
@@ -38,15 +43,14 @@ class PolicyTestCase(Model):
             raise ValueError(f"subject {subject!r} needs a prefix, e.g. 'user:{subject}'")
         return subject
 
-    def step(self) -> Step:
-        # Policy never looks at the risk; Step requires one.
+    def step(self, risks: Mapping[str, Risk]) -> Step:
         return Step(
             id=self.name or "policy-test",
             action=self.action,
             args={},
             environment=self.environment,
             resource=self.resource,
-            risk="read",
+            risk=self.risk or risks.get(self.action, "read"),
         )
 
 
@@ -61,6 +65,7 @@ class PolicyTestResult(Model):
     rule: str
     """The rule that decided, or why none did."""
     approvers: tuple[str, ...] = ()
+    approvals_required: int = 0
 
     def describe(self) -> str:
         """One line for a report: the case, what it expects, what policy decided and why."""
@@ -71,9 +76,12 @@ class PolicyTestResult(Model):
         )
         if case.expect_approvers is not None:
             expected += f" approved by {', '.join(case.expect_approvers) or 'nobody'}"
+        if case.expect_approvals is not None:
+            expected += f" with {case.expect_approvals} approval(s)"
         got = f"{self.actual} by {self.rule}"
         if self.approvers:
             got += f", approved by {', '.join(self.approvers)}"
+            got += f" with {self.approvals_required} approval(s)"
         return f"{Path(self.file).name}: {what}: expected {expected}; got {got}"
 
 
@@ -99,20 +107,30 @@ def load_policy_tests(path: Path) -> list[PolicyTestCase]:
     return cases
 
 
-def run_policy_tests(policy: Policy, tests_dir: Path) -> list[PolicyTestResult]:
-    """Decide every case in ``tests_dir/*.yaml`` (and ``*.yml``) and compare it with ``expect``."""
+def run_policy_tests(
+    policy: Policy, tests_dir: Path, risks: Mapping[str, Risk] | None = None
+) -> list[PolicyTestResult]:
+    """Decide every case in ``tests_dir/*.yaml`` (and ``*.yml``) and compare it with ``expect``.
+
+    ``risks`` maps action ids to the risk their connectors declare, for cases that do not
+    state one.
+    """
     if not tests_dir.is_dir():
         raise ConfigError(f"{tests_dir}: policy test directory not found")
     results = []
     for path in sorted([*tests_dir.glob("*.yaml"), *tests_dir.glob("*.yml")]):
         for case in load_policy_tests(path):
-            decision = policy.decide(case.subject, case.step())
+            decision = policy.decide(case.subject, case.step(risks or {}))
             passed = (
                 decision.decision == case.expect
                 and (case.expect_rule is None or case.expect_rule in decision.rule)
                 and (
                     case.expect_approvers is None
                     or sorted(case.expect_approvers) == sorted(decision.approvers)
+                )
+                and (
+                    case.expect_approvals is None
+                    or case.expect_approvals == decision.approvals_required
                 )
             )
             results.append(
@@ -124,6 +142,7 @@ def run_policy_tests(policy: Policy, tests_dir: Path) -> list[PolicyTestResult]:
                     actual=decision.decision,
                     rule=decision.rule,
                     approvers=decision.approvers,
+                    approvals_required=decision.approvals_required,
                 )
             )
     return results

@@ -98,6 +98,12 @@ class Catalog:
             catalog._actions[action.id] = action
         return catalog
 
+    def restricted(self, action_ids: Iterable[str]) -> Catalog:
+        """A catalog of only these actions (those a requester may run or request)."""
+        catalog = Catalog.of(self._actions[a] for a in action_ids if a in self._actions)
+        catalog.connectors = self.connectors
+        return catalog
+
     def __iter__(self) -> Iterator[Action]:
         return iter(sorted(self._actions.values(), key=lambda action: action.id))
 
