@@ -26,6 +26,7 @@ from bot.errors import (
 )
 from bot.execution import ExecutionOptions, execute
 from bot.intent import understand
+from bot.jobs import JobQueue
 from bot.lifecycle import DESCRIPTIONS, advance
 from bot.models import (
     AuditEvent,
@@ -68,6 +69,7 @@ class Engine:
         planner: Planner,
         options: EngineOptions | None = None,
         redactor: Redactor | None = None,
+        jobs: JobQueue | None = None,
     ) -> None:
         self.store = store
         self.policy = policy
@@ -76,6 +78,8 @@ class Engine:
         self.options = options or EngineOptions()
         self.redactor = redactor or Redactor()
         self._explainer = AliasPlanner()
+        self.jobs = jobs
+        """Where approved requests go; ``None`` runs them in the approving process."""
 
     async def ask(self, request: Request) -> RequestRecord:
         """Record a request, plan it, decide each step, and run it if nothing needs approval.
@@ -121,7 +125,7 @@ class Engine:
         # without the others.
         outcome, outcome_event = self._verdict(planned)
         events = [planned_event, outcome_event]
-        if outcome.state == "approved":
+        if outcome.state == "approved" and self.jobs is None:
             outcome, executing_event = advance(
                 outcome, "executing", "request.executing", SYSTEM_ACTOR
             )
@@ -129,6 +133,8 @@ class Engine:
         record = await self._save(record, outcome, events)
         if record.state == "executing":
             return await self._run(record)
+        if record.state == "approved":
+            return await self._dispatch(record)
         return record
 
     async def _plan(self, intent: Intent) -> Plan:
@@ -176,8 +182,47 @@ class Engine:
         """One approval; runs the request when it was the last one needed."""
         record = await self._decide(request_id, approver, approve=True, reason=None)
         if record.state == "approved":
-            return await self.execute(record.id)
+            return await self._dispatch(record)
         return record
+
+    async def _dispatch(self, record: RequestRecord) -> RequestRecord:
+        """Run an approved request here and now, or queue it for a worker."""
+        if self.jobs is None:
+            return await self.execute(record.id)
+        await self.jobs.submit(record.id)
+        return record
+
+    async def resubmit_approved(self) -> int:
+        """Queue again every approved request not yet running; for a worker starting up.
+
+        Approval and queueing are two writes: a crash between them leaves a request
+        approved but unqueued. Queueing it twice is harmless (only one run can start).
+        """
+        if self.jobs is None:
+            return 0
+        waiting = await self.store.history(states=frozenset({"approved"}), limit=10_000)
+        for record in waiting:
+            await self.jobs.submit(record.id)
+        return len(waiting)
+
+    async def abandon(self, request_id: str, reason: str) -> RequestRecord:
+        """End a request whose execution keeps dying: it fails, and a person decides."""
+        while True:
+            record = await self.store.get(request_id)
+            if record.state not in ("approved", "executing"):
+                return record
+            results = tuple(
+                r.model_copy(update={"status": "interrupted", "error": reason})
+                if r.status == "running"
+                else r
+                for r in record.results
+            )
+            try:
+                return await self._commit(
+                    record, "failed", "request.failed", reason=reason, results=results
+                )
+            except ConcurrentUpdate:
+                continue
 
     async def reject(self, request_id: str, approver: str, reason: str) -> RequestRecord:
         return await self._decide(request_id, approver, approve=False, reason=reason)
@@ -246,6 +291,8 @@ class Engine:
     async def aclose(self) -> None:
         for connector in self.catalog.connectors:
             await connector.aclose()
+        if self.jobs is not None:
+            await self.jobs.aclose()
         await self.store.aclose()
 
     async def _decide(

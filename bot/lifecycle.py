@@ -19,7 +19,8 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     "received": frozenset({"unplanned", "planned"}),
     "planned": frozenset({"denied", "awaiting_approval", "approved"}),
     "awaiting_approval": frozenset({"approved", "rejected", "expired", "cancelled"}),
-    "approved": frozenset({"executing", "cancelled"}),
+    # approved → failed: a job that died every time it was delivered (dead-lettered).
+    "approved": frozenset({"executing", "cancelled", "failed"}),
     "executing": frozenset({"succeeded", "failed"}),
 }
 

@@ -1,0 +1,133 @@
+"""Execution jobs: how an approved request reaches a worker, and the worker loop.
+
+The embedded default runs an approved request at once, in the process that approved it.
+With Redis, approval puts a job on a stream and workers (in ``lam serve`` or alone in
+``lam worker``) take it; a job whose worker dies is taken again by another worker after
+an idle timeout. Jobs are delivered at least once: the executor records each step before
+and after it runs, so a redelivered job never runs a finished step again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Protocol
+
+import structlog
+from pydantic import BaseModel, ConfigDict
+
+from bot.errors import LamError, StoreUnavailable
+
+if TYPE_CHECKING:
+    from bot.engine import Engine
+
+log = structlog.get_logger("lam.jobs")
+
+
+class Job(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    request_id: str
+    id: str
+    """The queue's own id of this delivery (a stream entry id)."""
+    deliveries: int = 1
+    """How often the job has been handed to a worker, this time included."""
+
+
+class JobQueue(Protocol):
+    async def submit(self, request_id: str) -> None:
+        """Queue an approved request for execution."""
+        ...
+
+    async def take(self, consumer: str, wait: float) -> Job | None:
+        """The next job for ``consumer``: one abandoned by a dead worker first, else a new one.
+
+        Waits at most ``wait`` seconds; ``None`` when there is none.
+        """
+        ...
+
+    async def touch(self, job: Job, consumer: str) -> None:
+        """Tell the queue the job is still being worked on, so nobody reclaims it."""
+        ...
+
+    async def done(self, job: Job) -> None:
+        """The job ended (its request finished or failed); it is never delivered again."""
+        ...
+
+    async def bury(self, job: Job, reason: str) -> None:
+        """Move a job that keeps failing to the dead-letter stream, out of the queue."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class Worker:
+    """Takes jobs from a queue and runs their requests through the engine."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        queue: JobQueue,
+        *,
+        name: str,
+        max_deliveries: int = 5,
+        heartbeat: float = 10.0,
+    ) -> None:
+        self.engine = engine
+        self.queue = queue
+        self.name = name
+        self.max_deliveries = max_deliveries
+        self.heartbeat = heartbeat
+        """Seconds between ``touch`` calls; well under the queue's reclaim idle time."""
+
+    async def run(self, stop: asyncio.Event, *, wait: float = 1.0) -> None:
+        """Work until ``stop`` is set; a job in progress is finished first."""
+        backoff = 0.1
+        while not stop.is_set():
+            try:
+                job = await self.queue.take(self.name, wait)
+                backoff = 0.1
+            except StoreUnavailable as error:
+                # Fail closed and recover by itself: nothing runs while the queue is away.
+                log.warning("worker.queue_unavailable", worker=self.name, error=str(error))
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=backoff)
+                except TimeoutError:
+                    backoff = min(backoff * 2, 5.0)
+                continue
+            if job is not None:
+                await self.work(job)
+
+    async def work(self, job: Job) -> None:
+        """Run one job's request, keeping the job alive while it runs."""
+        bound = log.bind(worker=self.name, request_id=job.request_id, job=job.id)
+        if job.deliveries > self.max_deliveries:
+            reason = (
+                f"execution was started {job.deliveries - 1} times without finishing;"
+                " moved to the dead-letter stream"
+            )
+            bound.error("job.dead_lettered", deliveries=job.deliveries)
+            await self.engine.abandon(job.request_id, reason)
+            await self.queue.bury(job, reason)
+            return
+        keepalive = asyncio.create_task(self._keep_alive(job))
+        try:
+            record = await self.engine.execute(job.request_id)
+            bound.info("job.finished", state=record.state)
+        except StoreUnavailable:
+            # Leave the job pending: another delivery finds the request where it stopped.
+            bound.warning("job.store_unavailable")
+            return
+        except LamError as error:
+            # The request cannot run (cancelled meanwhile, already finished): done with it.
+            bound.info("job.skipped", reason=str(error))
+        finally:
+            keepalive.cancel()
+        await self.queue.done(job)
+
+    async def _keep_alive(self, job: Job) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            try:
+                await self.queue.touch(job, self.name)
+            except StoreUnavailable:
+                continue
