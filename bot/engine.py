@@ -18,6 +18,7 @@ from bot import approvals
 from bot.audit import Redactor, verify
 from bot.errors import (
     ConcurrentUpdate,
+    DuplicateRequest,
     IllegalTransition,
     InvalidInput,
     NoPlan,
@@ -57,6 +58,8 @@ class EngineOptions:
     default_environment: str = "dev"
     approval_ttl: timedelta = timedelta(hours=1)
     execution: ExecutionOptions = field(default_factory=ExecutionOptions)
+    dedupe_ttl: timedelta = timedelta(hours=1)
+    """How long a dedupe key passed to ``Engine.ask`` keeps a second delivery out."""
 
 
 class Engine:
@@ -81,13 +84,22 @@ class Engine:
         self.jobs = jobs
         """Where approved requests go; ``None`` runs them in the approving process."""
 
-    async def ask(self, request: Request) -> RequestRecord:
+    async def ask(self, request: Request, *, dedupe_key: str | None = None) -> RequestRecord:
         """Record a request, plan it, decide each step, and run it if nothing needs approval.
 
         Returns the request as it ended up: ``unplanned`` (with the reason and the
         closest actions), ``denied``, ``awaiting_approval``, or finished.
+
+        ``dedupe_key`` names the delivery (a Slack event id): when another request holds
+        it (for ``EngineOptions.dedupe_ttl``), this one raises ``DuplicateRequest`` naming
+        that request, and nothing is stored, audited or run.
         """
         request = self.redactor.model(request)
+        if dedupe_key is not None:
+            owner = await self.store.claim(dedupe_key, request.id, self.options.dedupe_ttl)
+            if owner != request.id:
+                log.info("request.duplicate", dedupe_key=dedupe_key, owner=owner)
+                raise DuplicateRequest(dedupe_key, owner)
         record = await self._store_new(RequestRecord(request=request))
         bound = log.bind(request_id=record.id, requester=request.requester)
 

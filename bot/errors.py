@@ -54,6 +54,19 @@ class UnknownRequest(LamError):
         self.request_id = request_id
 
 
+class DuplicateRequest(LamError):
+    """The request was delivered before (same dedupe key): nothing was stored, audited or run."""
+
+    def __init__(self, dedupe_key: str, request_id: str) -> None:
+        super().__init__(
+            f"{dedupe_key!r} was received already and is request {request_id!r}; this"
+            f" copy was dropped; see 'lam show {request_id}'"
+        )
+        self.dedupe_key = dedupe_key
+        self.request_id = request_id
+        """The request that owns the key: the first delivery."""
+
+
 class IllegalTransition(LamError):
     """The request is not in a state that allows what was asked; nothing changed."""
 

@@ -314,3 +314,54 @@ async def test_events_of_a_failed_create_never_appear(store: Store) -> None:
         await store.get(record.id)
     assert await store.audit_head() == (0, "")
     assert await all_events(store) == []
+
+
+CLAIM_TTL = timedelta(hours=1)
+
+
+async def test_the_first_claim_of_a_key_wins(store: Store) -> None:
+    """A free key goes to the first claimant; later claims get its id, the owner gets its own."""
+    assert await store.claim("slack:Ev1", "first", CLAIM_TTL) == "first"
+    assert await store.claim("slack:Ev1", "second", CLAIM_TTL) == "first"
+    assert await store.claim("slack:Ev1", "first", CLAIM_TTL) == "first"
+    assert await store.claim("slack:Ev2", "second", CLAIM_TTL) == "second"
+    # Claims are not audit events: the chain is untouched.
+    assert await store.audit_head() == (0, "")
+
+
+async def test_a_claim_needs_a_positive_ttl(store: Store) -> None:
+    """A ttl of zero is refused rather than taken as a claim that never was."""
+    with pytest.raises(ValueError, match="ttl"):
+        await store.claim("slack:Ev1", "first", timedelta(0))
+
+
+async def test_concurrent_claims_of_one_key_have_exactly_one_winner(
+    open_store: Callable[[], AbstractAsyncContextManager[Store]],
+) -> None:
+    """Twenty coroutines on two handles claim one key: one wins, and all name the same owner."""
+    async with open_store() as one, open_store() as other:
+        claimants = [f"request-{n}" for n in range(20)]
+        owners = await asyncio.gather(
+            *(
+                (one if n % 2 else other).claim("slack:Ev1", claimant, CLAIM_TTL)
+                for n, claimant in enumerate(claimants)
+            )
+        )
+        assert len(set(owners)) == 1
+        assert owners[0] in claimants
+        assert owners.count(owners[0]) == len(claimants)
+
+
+async def test_an_expired_claim_frees_its_key(store: Store) -> None:
+    """Once a claim's ttl has passed by the store's clock, a new claimant gets the key."""
+    assert await store.claim("slack:Ev1", "first", timedelta(milliseconds=20)) == "first"
+    owners = [await store.claim("slack:Ev1", "second", CLAIM_TTL)]
+    deadline = asyncio.get_running_loop().time() + 10
+    while owners[-1] != "second":
+        assert asyncio.get_running_loop().time() < deadline, "the claim never expired"
+        # Poll the store itself, which alone decides when the claim has expired.
+        await asyncio.sleep(0.005)
+        owners.append(await store.claim("slack:Ev1", "second", CLAIM_TTL))
+    assert set(owners[:-1]) <= {"first"}
+    # The new claim holds like any other.
+    assert await store.claim("slack:Ev1", "third", CLAIM_TTL) == "second"

@@ -3,11 +3,15 @@
 Every change to a request is one atomic ``save``: the new record (compare-and-set on its
 ``version``) together with the audit events that describe the change. A store can never
 hold a state that its audit trail does not explain, or the other way round.
+
+A store also keeps short-lived claims (``claim``), so that a request delivered twice (a
+Slack retry, a second replica receiving the same event) is recorded and run only once.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
 from typing import Protocol
 
 from bot.models import AuditEvent, RequestRecord, State
@@ -64,6 +68,17 @@ class Store(Protocol):
         """The ``(seq, hash)`` of the last event retention removed; ``(0, "")`` if none.
 
         Verification continues the chain from here.
+        """
+        ...
+
+    async def claim(self, key: str, request_id: str, ttl: timedelta) -> str:
+        """Claim ``key`` for ``request_id`` for ``ttl``; return the request id that owns it.
+
+        Atomic: of many concurrent claims of one free key (from any process), exactly one
+        wins and every claimant gets the winner's id back. The owner's own claim returns its
+        id again, so a request retried after a lost reply is not its own duplicate. Once
+        ``ttl`` has passed (by the store's clock) the key is free for a new claim. Raises
+        ``ValueError`` for a ``ttl`` that is not positive.
         """
         ...
 

@@ -20,6 +20,8 @@ Key layout, after the prefix:
 - ``audit:head`` and ``audit:checkpoint``: hashes ``{seq, hash}`` of the last appended
   event and of the last event ``trim`` removed.
 - ``schema``: the layout version.
+- ``dedupe:{key}``: the id of the request that claimed ``key`` (``claim``), expiring with
+  the claim.
 
 Every change is one ``WATCH`` … ``MULTI``/``EXEC`` transaction. Redis scripts cannot take
 a sha256, so events are sealed here, under ``WATCH`` of the chain head: when another
@@ -35,7 +37,7 @@ import random
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import overload
 from urllib.parse import unquote, urlsplit
 
@@ -292,6 +294,35 @@ class RedisStore:
         raise StoreUnavailable(
             f"the audit trail under {self.prefix!r} was trimmed by others {MAX_ATTEMPTS} times"
             " while this trim ran; nothing was removed; try again"
+        )
+
+    async def claim(self, key: str, request_id: str, ttl: timedelta) -> str:
+        """Claim ``key`` for ``request_id`` for ``ttl``; return the request id that owns it.
+
+        ``SET NX PX`` and ``GET`` in one ``MULTI``/``EXEC``: one round trip, and no other
+        client's command runs between the two. Redis expires the claim by its own clock.
+        """
+        if ttl <= timedelta(0):
+            raise ValueError(f"a claim's ttl must be positive, not {ttl!r}")
+        # Whole milliseconds, rounded up: a ttl below one would otherwise be no claim at all.
+        milliseconds = -(-ttl // timedelta(milliseconds=1))
+        name = self._key(f"dedupe:{key}")
+        for _ in range(MAX_ATTEMPTS):
+            try:
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.set(name, request_id, nx=True, px=milliseconds)
+                    pipe.get(name)
+                    replies: list[bool | str | None] = await pipe.execute()
+                owner = replies[1]
+            except UNREACHABLE as error:
+                raise self._unreachable(error) from error
+            # Redis 7 freezes its clock for the whole EXEC; an older one may expire the
+            # claim that refused ours before GET reads it. The key is free then: claim again.
+            if isinstance(owner, str):
+                return owner
+        raise StoreUnavailable(
+            f"the claim of {key!r} under {self.prefix!r} expired {MAX_ATTEMPTS} times as it"
+            " was read; nothing was claimed; retry with a longer ttl"
         )
 
     async def aclose(self) -> None:

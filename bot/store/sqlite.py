@@ -18,7 +18,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -74,6 +74,16 @@ _SCHEMA = (
     )
     """,
     "INSERT OR IGNORE INTO audit_head (id, seq, hash) VALUES (1, 0, '')",
+    # Claims of ``claim``. A LAM that predates this table never reads it, so adding it
+    # leaves the schema version as it was.
+    """
+    CREATE TABLE IF NOT EXISTS dedupe (
+        key TEXT PRIMARY KEY,
+        request_id TEXT NOT NULL,
+        expires_at TEXT NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS dedupe_by_expiry ON dedupe (expires_at)",
 )
 
 
@@ -86,19 +96,37 @@ def _utc_text(moment: datetime) -> str:
 class SqliteStore:
     """The ``Store`` kept in one SQLite file in WAL mode; open it with ``SqliteStore.open``."""
 
-    def __init__(self, path: Path, *, audit_page_size: int = 500) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        audit_page_size: int = 500,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
         if audit_page_size < 1:
             raise ValueError(f"audit_page_size must be at least 1, not {audit_page_size!r}")
         self.path = path
         self.audit_page_size = audit_page_size
         """How many audit events ``audit_events`` reads at a time."""
+        self.clock = clock
+        """The store's notion of now, by which claims expire."""
         self._db: sqlite3.Connection | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lam-sqlite")
 
     @classmethod
-    async def open(cls, path: Path, *, audit_page_size: int = 500) -> SqliteStore:
-        """The store at ``path``, creating the file, its directory and its schema if needed."""
-        store = cls(path, audit_page_size=audit_page_size)
+    async def open(
+        cls,
+        path: Path,
+        *,
+        audit_page_size: int = 500,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> SqliteStore:
+        """The store at ``path``, creating the file, its directory and its schema if needed.
+
+        ``clock`` tells the time by which claims expire; processes sharing the file should
+        share a clock, which the system clock is.
+        """
+        store = cls(path, audit_page_size=audit_page_size, clock=clock)
         try:
             store._db = await store._call(partial(_connect, path))
         except BaseException:
@@ -270,6 +298,30 @@ class SqliteStore:
     async def audit_checkpoint(self) -> tuple[int, str]:
         """Always ``(0, "")``: the embedded store keeps its whole chain."""
         return 0, GENESIS_HASH
+
+    async def claim(self, key: str, request_id: str, ttl: timedelta) -> str:
+        """Claim ``key`` for ``request_id`` for ``ttl``; return the request id that owns it.
+
+        One ``BEGIN IMMEDIATE`` transaction: an expired claim of ``key`` is replaced, a live
+        one kept, and expired claims of other keys are removed on the way.
+        """
+        if ttl <= timedelta(0):
+            raise ValueError(f"a claim's ttl must be positive, not {ttl!r}")
+        now = self.clock()
+        return await self._call(
+            partial(self._claim, key, request_id, _utc_text(now), _utc_text(now + ttl))
+        )
+
+    def _claim(self, key: str, request_id: str, now: str, expires_at: str) -> str:
+        with _transaction(self._connection()) as db:
+            db.execute("DELETE FROM dedupe WHERE expires_at <= ?", (now,))
+            db.execute(
+                "INSERT INTO dedupe (key, request_id, expires_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (key) DO NOTHING",
+                (key, request_id, expires_at),
+            )
+            row = db.execute("SELECT request_id FROM dedupe WHERE key = ?", (key,)).fetchone()
+            return str(row[0])
 
     async def aclose(self) -> None:
         """Close the file once the operation in flight, if any, has finished."""
