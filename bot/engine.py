@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
+from structlog.contextvars import bound_contextvars
 
 from bot import approvals
 from bot.audit import Redactor, verify
@@ -94,14 +95,16 @@ class Engine:
         it (for ``EngineOptions.dedupe_ttl``), this one raises ``DuplicateRequest`` naming
         that request, and nothing is stored, audited or run.
         """
-        request = self.redactor.model(request)
+        with bound_contextvars(request_id=request.id, requester=request.requester):
+            return await self._ask(self.redactor.model(request), dedupe_key)
+
+    async def _ask(self, request: Request, dedupe_key: str | None) -> RequestRecord:
         if dedupe_key is not None:
             owner = await self.store.claim(dedupe_key, request.id, self.options.dedupe_ttl)
             if owner != request.id:
                 log.info("request.duplicate", dedupe_key=dedupe_key, owner=owner)
                 raise DuplicateRequest(dedupe_key, owner)
         record = await self._store_new(RequestRecord(request=request))
-        bound = log.bind(request_id=record.id, requester=request.requester)
 
         try:
             intent = understand(
@@ -112,7 +115,7 @@ class Engine:
             plan = self.redactor.model(await self._plan(intent))
         except (InvalidInput, NoPlan) as error:
             suggestions = error.suggestions if isinstance(error, NoPlan | UnknownAction) else []
-            bound.info("request.unplanned", reason=str(error))
+            log.info("request.unplanned", reason=str(error))
             return await self._commit(
                 record,
                 "unplanned",
@@ -192,10 +195,11 @@ class Engine:
 
     async def approve(self, request_id: str, approver: str) -> RequestRecord:
         """One approval; runs the request when it was the last one needed."""
-        record = await self._decide(request_id, approver, approve=True, reason=None)
-        if record.state == "approved":
-            return await self._dispatch(record)
-        return record
+        with bound_contextvars(request_id=request_id, approver=approver):
+            record = await self._decide(request_id, approver, approve=True, reason=None)
+            if record.state == "approved":
+                return await self._dispatch(record)
+            return record
 
     async def _dispatch(self, record: RequestRecord) -> RequestRecord:
         """Run an approved request here and now, or queue it for a worker."""
@@ -271,6 +275,10 @@ class Engine:
 
     async def execute(self, request_id: str) -> RequestRecord:
         """Run an approved request; a request already running elsewhere is left alone."""
+        with bound_contextvars(request_id=request_id):
+            return await self._execute(request_id)
+
+    async def _execute(self, request_id: str) -> RequestRecord:
         record = await self.store.get(request_id)
         if record.state == "approved":
             try:
