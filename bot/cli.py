@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, TypeVar
 
+import structlog
 import typer
 
 from bot import console
@@ -14,14 +19,16 @@ from bot.audit import Redactor
 from bot.config import Settings, load_settings
 from bot.engine import Engine
 from bot.errors import ConfigError, InvalidInput, LamError
+from bot.jobs import Worker
 from bot.lifecycle import DESCRIPTIONS
 from bot.logs import configure_logging
 from bot.models import Request, RequestRecord, Step
 from bot.policy import Policy
 from bot.policy_reload import PolicyReloader
+from bot.policy_share import PolicyShare
 from bot.policy_tests import run_policy_tests
 from bot.text import as_subject, normalise
-from bot.wiring import build_catalog, open_engine, policy_dir
+from bot.wiring import build_catalog, build_planner, open_engine, policy_dir
 
 app = typer.Typer(
     help="LAM: ask for operations work in plain words; policy, approvals and audit decide.",
@@ -35,6 +42,8 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(audit_app, name="audit")
 
 T = TypeVar("T")
+
+log = structlog.get_logger("lam.cli")
 
 AsUser = Annotated[str, typer.Option("--as", help="Who you are, e.g. alice (user:alice).")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
@@ -196,6 +205,68 @@ def chat(as_user: AsUser) -> None:
     _with_engine(converse)
 
 
+@app.command()
+def worker(
+    name: Annotated[
+        str | None, typer.Option(help="This worker's name in the queue; default host-pid.")
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option(min=1, max=64, help="How many jobs this process runs at once.")
+    ] = 1,
+) -> None:
+    """Run approved requests from the Redis job queue until SIGTERM or Ctrl-C."""
+    try:
+        settings = _settings()
+    except LamError as error:
+        raise _fail(error) from None
+    if settings.redis_url is None:
+        raise _fail(
+            ConfigError(
+                "lam worker needs REDIS_URL: without Redis, approved requests run in the"
+                " process that approves them; set REDIS_URL=redis://host:6379/0"
+            )
+        )
+    url = settings.redis_url.get_secret_value()
+    base = name or f"{socket.gethostname()}-{os.getpid()}"
+    names = [base] if concurrency == 1 else [f"{base}-{n}" for n in range(1, concurrency + 1)]
+
+    async def work(engine: Engine) -> None:
+        assert engine.jobs is not None  # REDIS_URL is set
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            # The job in progress finishes; a killed worker's job is reclaimed instead.
+            loop.add_signal_handler(signum, stop.set)
+        workers = [
+            Worker(
+                engine,
+                engine.jobs,
+                name=worker_name,
+                max_deliveries=settings.lam_job_max_deliveries,
+                heartbeat=settings.lam_job_idle_seconds / 3,
+            )
+            for worker_name in names
+        ]
+        # Steps are authorised again right before they run: the worker follows policy
+        # changes, its own files' and those other replicas share.
+        risks = {action.id: action.risk for action in engine.catalog}
+        reloader = PolicyReloader(engine, policy_dir(settings), risks)
+        share = PolicyShare(reloader, url, prefix=settings.lam_redis_prefix, replica=base)
+        try:
+            resubmitted = await engine.resubmit_approved()
+            log.info("worker.started", workers=names, resubmitted=resubmitted)
+            await asyncio.gather(
+                reloader.run(stop, settings.lam_policy_reload_seconds),
+                share.run(stop),
+                *(each.run(stop) for each in workers),
+            )
+        finally:
+            await share.aclose()
+        log.info("worker.stopped", workers=names)
+
+    _with_engine(work)
+
+
 def _load_policy() -> Policy:
     try:
         return Policy.load(policy_dir(_settings()))
@@ -271,6 +342,39 @@ def audit_tail(
 
     for line in _with_engine(tail):
         typer.echo(line)
+
+
+@app.command("eval")
+def eval_corpus(
+    corpus: Annotated[
+        Path, typer.Argument(help="Requests with expected plans, e.g. evals/corpus.yaml.")
+    ],
+    min_accuracy: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Exit 1 below this overall accuracy.")
+    ] = 0.0,
+    json: Json = False,
+) -> None:
+    """Score the planner on a corpus of requests; nothing is decided or run."""
+    from bot.eval import EvalReport, run_eval
+
+    settings = _settings()
+
+    async def evaluate() -> EvalReport:
+        catalog = build_catalog(settings)
+        planner = build_planner(settings, Redactor(settings.secrets()))
+        try:
+            return await run_eval(corpus, planner, catalog)
+        finally:
+            await planner.aclose()
+            for connector in catalog.connectors:
+                await connector.aclose()
+
+    try:
+        report = asyncio.run(evaluate())
+    except LamError as error:
+        raise _fail(error) from None
+    typer.echo(console.dumps(report.model_dump(mode="json")) if json else report.render())
+    raise typer.Exit(1 if report.overall.accuracy < min_accuracy else 0)
 
 
 @app.command()

@@ -16,6 +16,7 @@ from bot.errors import ConfigError
 from connectors import ConnectorConfig, describe_validation_error
 
 ENVIRONMENT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+REDIS_PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
 class Settings(BaseSettings):
@@ -37,12 +38,43 @@ class Settings(BaseSettings):
     slack_app_token: SecretStr | None = Field(default=None, alias="SLACK_APP_TOKEN")
     openai_api_key: SecretStr | None = Field(default=None, alias="OPENAI_API_KEY")
     redis_url: SecretStr | None = Field(default=None, alias="REDIS_URL")
+    openai_base_url: str | None = Field(default=None, alias="OPENAI_BASE_URL")
+    """An OpenAI-compatible API for the LLM planner, e.g. http://127.0.0.1:11434/v1."""
+    lam_model: str | None = Field(default=None, alias="LAM_MODEL")
+    """The model the LLM planner asks; unset, LAM plans from example phrasings only."""
+    lam_llm_timeout_seconds: float = Field(default=30.0, gt=0, alias="LAM_LLM_TIMEOUT_SECONDS")
+    lam_llm_max_retries: int = Field(default=2, ge=0, le=10, alias="LAM_LLM_MAX_RETRIES")
+    lam_llm_max_repairs: int = Field(default=2, ge=0, le=5, alias="LAM_LLM_MAX_REPAIRS")
+    lam_llm_token_budget: int = Field(default=20_000, ge=1, alias="LAM_LLM_TOKEN_BUDGET")
+    lam_llm_max_steps: int = Field(default=20, ge=1, le=100, alias="LAM_LLM_MAX_STEPS")
+    """The team store and job queue; without it, the embedded SQLite store under LAM_HOME."""
+    lam_redis_prefix: str = Field(default="lam:", alias="LAM_REDIS_PREFIX")
+    """Starts every key LAM keeps in Redis, so installations can share one server."""
+    lam_job_idle_seconds: float = Field(default=60.0, gt=0, alias="LAM_JOB_IDLE_SECONDS")
+    """A job its worker has not renewed for this long is reclaimed by another worker."""
+    lam_job_max_deliveries: int = Field(default=5, ge=1, alias="LAM_JOB_MAX_DELIVERIES")
+    """Deliveries of one job before it is dead-lettered and its request failed."""
 
     @field_validator("lam_log_format")
     @classmethod
     def _known_format(cls, value: str) -> str:
         if value not in ("console", "json"):
             raise ValueError(f"must be 'console' or 'json', not {value!r}")
+        return value
+
+    @field_validator("redis_url", "openai_base_url", "lam_model", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # REDIS_URL= (as compose files and CI matrices write it) means no Redis.
+        return None if value == "" else value
+
+    @field_validator("lam_redis_prefix")
+    @classmethod
+    def _usable_prefix(cls, value: str) -> str:
+        if not REDIS_PREFIX.match(value):
+            raise ValueError(
+                f"{value!r} is not a key prefix; use 1-64 letters, digits and '-_.:', e.g. 'lam:'"
+            )
         return value
 
     @property

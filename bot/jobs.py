@@ -10,6 +10,7 @@ and after it runs, so a redelivered job never runs a finished step again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
@@ -85,48 +86,89 @@ class Worker:
         while not stop.is_set():
             try:
                 job = await self.queue.take(self.name, wait)
+                if job is not None:
+                    await self.work(job)
                 backoff = 0.1
-            except StoreUnavailable as error:
-                # Fail closed and recover by itself: nothing runs while the queue is away.
-                log.warning("worker.queue_unavailable", worker=self.name, error=str(error))
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=backoff)
-                except TimeoutError:
-                    backoff = min(backoff * 2, 5.0)
                 continue
-            if job is not None:
-                await self.work(job)
+            except StoreUnavailable as error:
+                # Fail closed and recover by itself: nothing runs while the queue is away,
+                # and a job it could not finish stays pending, to be reclaimed.
+                log.warning("worker.queue_unavailable", worker=self.name, error=str(error))
+            except Exception:
+                # A bug in one job must not stop the worker: the job stays pending and,
+                # if it keeps crashing, is buried after ``max_deliveries``.
+                log.exception("worker.job_crashed", worker=self.name)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=backoff)
+            except TimeoutError:
+                backoff = min(backoff * 2, 5.0)
 
     async def work(self, job: Job) -> None:
-        """Run one job's request, keeping the job alive while it runs."""
-        bound = log.bind(worker=self.name, request_id=job.request_id, job=job.id)
-        if job.deliveries > self.max_deliveries:
-            reason = (
-                f"execution was started {job.deliveries - 1} times without finishing;"
-                " moved to the dead-letter stream"
-            )
-            bound.error("job.dead_lettered", deliveries=job.deliveries)
-            await self.engine.abandon(job.request_id, reason)
-            await self.queue.bury(job, reason)
-            return
-        keepalive = asyncio.create_task(self._keep_alive(job))
-        try:
-            record = await self.engine.execute(job.request_id)
-            bound.info("job.finished", state=record.state)
-        except StoreUnavailable:
-            # Leave the job pending: another delivery finds the request where it stopped.
-            bound.warning("job.store_unavailable")
-            return
-        except LamError as error:
-            # The request cannot run (cancelled meanwhile, already finished): done with it.
-            bound.info("job.skipped", reason=str(error))
-        finally:
-            keepalive.cancel()
-        await self.queue.done(job)
+        """Run one job's request, keeping the job alive while it runs.
 
-    async def _keep_alive(self, job: Job) -> None:
-        while True:
-            await asyncio.sleep(self.heartbeat)
+        Every log line written meanwhile, by the engine and the connectors too, carries
+        the worker, the request id and the job. Raises ``StoreUnavailable`` when the queue
+        cannot be told how the job ended; the job then stays pending and comes again.
+        """
+        with structlog.contextvars.bound_contextvars(
+            worker=self.name, request_id=job.request_id, job=job.id
+        ):
+            if job.deliveries > self.max_deliveries:
+                await self._bury(job)
+                return
+            finished = asyncio.Event()
+            keepalive = asyncio.create_task(self._keep_alive(job, finished))
+            try:
+                if job.deliveries == 1 and await self._running_elsewhere(job):
+                    # A second job for one request (it was queued twice): the worker of
+                    # the first runs it. Resuming here would call its running step
+                    # interrupted.
+                    log.info("job.duplicate")
+                else:
+                    record = await self.engine.execute(job.request_id)
+                    log.info("job.finished", state=record.state, deliveries=job.deliveries)
+            except StoreUnavailable:
+                # Leave the job pending: another delivery finds the request where it stopped.
+                log.warning("job.store_unavailable")
+                return
+            except LamError as error:
+                # The request cannot run (cancelled meanwhile, already finished): done.
+                log.info("job.skipped", reason=str(error))
+            finally:
+                finished.set()
+                keepalive.cancel()
+                # Waits without taking on the task's CancelledError as its own.
+                await asyncio.wait({keepalive})
+            await self.queue.done(job)
+
+    async def _bury(self, job: Job) -> None:
+        """Fail the request of a job that keeps dying, then dead-letter the job."""
+        reason = (
+            f"execution was started {job.deliveries - 1} times without finishing;"
+            " moved to the dead-letter stream"
+        )
+        log.error("job.dead_lettered", deliveries=job.deliveries)
+        await self.engine.abandon(job.request_id, reason)
+        await self.queue.bury(job, reason)
+
+    async def _running_elsewhere(self, job: Job) -> bool:
+        """Whether a first delivery finds its request already executing: another job has it.
+
+        A job delivered again (its worker died) resumes an executing request instead.
+        """
+        record = await self.engine.store.get(job.request_id)
+        return record.state == "executing"
+
+    async def _keep_alive(self, job: Job, finished: asyncio.Event) -> None:
+        # ``finished`` is checked on every turn rather than relying on cancel() alone: on
+        # Python 3.11 a cancel that lands just as a redis-py call completes can be
+        # swallowed (``asyncio.wait_for``), and this loop would then renew a finished
+        # job for ever while ``work`` waits for it.
+        while not finished.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(finished.wait(), timeout=self.heartbeat)
+            if finished.is_set():
+                return
             try:
                 await self.queue.touch(job, self.name)
             except StoreUnavailable:
