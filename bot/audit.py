@@ -125,7 +125,10 @@ class Redactor:
             return [self.json(item) for item in value]
         if isinstance(value, dict):
             return {
-                key: MASK if SECRET_KEY.search(key) and value else self.json(value)
+                # Only text can be a credential; a count of tokens is not one.
+                key: MASK
+                if SECRET_KEY.search(key) and isinstance(value, str) and value
+                else self.json(value)
                 for key, value in value.items()
             }
         return value

@@ -44,6 +44,7 @@ from bot.models import (
 )
 from bot.planning import Planner
 from bot.planning.aliases import AliasPlanner
+from bot.planning.llm import ClarificationNeeded, metered
 from bot.policy import Policy
 from bot.store import Store
 from connectors import Catalog
@@ -106,24 +107,28 @@ class Engine:
                 raise DuplicateRequest(dedupe_key, owner)
         record = await self._store_new(RequestRecord(request=request))
 
-        try:
-            intent = understand(
-                request,
-                environments=self.options.environments,
-                default_environment=self.options.default_environment,
-            )
-            plan = self.redactor.model(await self._plan(intent))
-        except (InvalidInput, NoPlan) as error:
-            suggestions = error.suggestions if isinstance(error, NoPlan | UnknownAction) else []
-            log.info("request.unplanned", reason=str(error))
-            return await self._commit(
-                record,
-                "unplanned",
-                "request.unplanned",
-                actor=SYSTEM_ACTOR,
-                reason=str(error),
-                suggestions=tuple(suggestions),
-            )
+        with metered() as usage:
+            try:
+                intent = understand(
+                    request,
+                    environments=self.options.environments,
+                    default_environment=self.options.default_environment,
+                )
+                plan = self.redactor.model(await self._plan(intent))
+            except (InvalidInput, NoPlan, ClarificationNeeded) as error:
+                # A question from the model ends this request; the person's answer, in
+                # the same thread, arrives as a new request with the thread as context.
+                suggestions = error.suggestions if isinstance(error, NoPlan | UnknownAction) else []
+                log.info("request.unplanned", reason=str(error))
+                return await self._commit(
+                    record,
+                    "unplanned",
+                    "request.unplanned",
+                    actor=SYSTEM_ACTOR,
+                    reason=str(error),
+                    tokens=usage.total_tokens or None,
+                    suggestions=tuple(suggestions),
+                )
 
         decisions = tuple(self.policy.decide(request.requester, step) for step in plan.steps)
         planned, planned_event = advance(
@@ -131,6 +136,7 @@ class Engine:
             "planned",
             "request.planned",
             SYSTEM_ACTOR,
+            tokens=usage.total_tokens or None,
             intent=intent,
             plan=plan,
             decisions=decisions,
@@ -309,6 +315,7 @@ class Engine:
         return await verify(self.store.audit_events(), head, head_after=self.store.audit_head)
 
     async def aclose(self) -> None:
+        await self.planner.aclose()
         for connector in self.catalog.connectors:
             await connector.aclose()
         if self.jobs is not None:
@@ -368,9 +375,12 @@ class Engine:
         actor: str = SYSTEM_ACTOR,
         step: StepResult | None = None,
         reason: str | None = None,
+        tokens: int | None = None,
         **changes: Any,
     ) -> RequestRecord:
-        updated, event = advance(record, state, kind, actor, step=step, reason=reason, **changes)
+        updated, event = advance(
+            record, state, kind, actor, step=step, reason=reason, tokens=tokens, **changes
+        )
         return await self._save(record, updated, [event])
 
     async def _store_new(self, record: RequestRecord) -> RequestRecord:

@@ -56,6 +56,7 @@ def advance(
     approval: Approval | None = None,
     step: StepResult | None = None,
     reason: str | None = None,
+    tokens: int | None = None,
     **changes: Any,
 ) -> tuple[RequestRecord, AuditEvent]:
     """The record after one legal transition, and the audit event that describes it.
@@ -86,5 +87,6 @@ def advance(
         approval=approval,
         step=step,
         reason=reason,
+        tokens=tokens,
     )
     return updated, event

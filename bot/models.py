@@ -227,9 +227,18 @@ class AuditEvent(Model):
     approval: Approval | None = None
     step: StepResult | None = None
     reason: str | None = None
+    tokens: int | None = None
+    """Model tokens that planning used, on the event that records the plan (or its failure)."""
     prev_hash: str = ""
     hash: str = ""
 
     def body(self) -> dict[str, JsonValue]:
-        """The fields the hash covers: everything but the hash fields themselves."""
-        return self.model_dump(mode="json", exclude={"prev_hash", "hash"})
+        """The fields the hash covers: everything but the hash fields themselves.
+
+        Fields added after events were first written are left out while unset, so older
+        chains keep verifying.
+        """
+        body = self.model_dump(mode="json", exclude={"prev_hash", "hash"})
+        if body["tokens"] is None:
+            del body["tokens"]
+        return body

@@ -17,6 +17,7 @@ from bot.policy import Policy
 from bot.store.sqlite import SqliteStore
 from connectors import Catalog
 from tests.support.actions import ScriptedConnector
+from tests.support.openai_server import forbid_real_model_calls
 
 # A private redis-server per test session, for every test that needs Redis.
 pytest_plugins = ("tests.support.redis_server",)
@@ -95,3 +96,9 @@ def make_engine(
 @pytest.fixture
 def engine(make_engine: EngineFactory) -> Engine:
     return make_engine()
+
+
+@pytest.fixture(autouse=True)
+def _no_real_model_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any openai client call to a non-loopback host fails the test."""
+    forbid_real_model_calls(monkeypatch)

@@ -119,6 +119,9 @@ async def test_planner_is_offered_only_permitted_actions(
             seen.append([action.id for action in catalog])
             return await inner.plan(intent, catalog)  # type: ignore[arg-type]
 
+        async def aclose(self) -> None:
+            await inner.aclose()
+
     recording: Planner = Recording()
     engine.planner = recording
     await engine.ask(ask("noop in prod", requester="user:dave"))

@@ -19,3 +19,7 @@ class Planner(Protocol):
         A planner never runs anything.
         """
         ...
+
+    async def aclose(self) -> None:
+        """Release what the planner holds (an HTTP client); nothing for offline planners."""
+        ...

@@ -92,6 +92,9 @@ class AliasPlanner:
             )
         return Plan(steps=tuple(steps), planner=self.name, dry_run=intent.dry_run)
 
+    async def aclose(self) -> None:
+        """Nothing to release: phrasings are matched in memory."""
+
     def _resolve(self, clause: str, catalog: Catalog) -> tuple[Action, dict[str, JsonValue]]:
         explicit = EXPLICIT.match(clause)
         if explicit:
