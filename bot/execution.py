@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
+from pydantic import JsonValue
 
 from bot.errors import ActionFailed, InvalidArguments, UnknownAction
 from bot.models import (
@@ -25,8 +26,10 @@ from bot.models import (
     Step,
     StepResult,
     StepStatus,
+    canonical_json,
     utcnow,
 )
+from bot.planning.references import InvalidReference, resolve_references
 from connectors import ActionContext, Catalog
 
 TRUNCATION_MARK = "\n[output truncated: kept the first {limit} bytes]"
@@ -116,10 +119,16 @@ async def _run_step(
     dry_run = record.plan is not None and record.plan.dry_run
     try:
         action = catalog.get(step.action)
-        params = catalog.validate(step.action, step.args)
-    except (UnknownAction, InvalidArguments) as error:
+        args = resolve_references(step, {r.step_id: r for r in record.results})
+        params = catalog.validate(step.action, args)
+    except (UnknownAction, InvalidArguments, InvalidReference) as error:
         record = await _finish(record, step, commit, "failed", error=str(error))
         return record, _result(record, step)
+    # Values taken from earlier steps' output are tool data: policy checks the step as
+    # it will really run, resolved resource included.
+    step = step.model_copy(
+        update={"args": params.model_dump(mode="json"), "resource": action.resource(params)}
+    )
     refusal = guard(record, step)
     if refusal is None and dry_run and not action.supports_dry_run:
         refusal = f"{step.action!r} has no dry-run mode; nothing was run"
@@ -164,6 +173,7 @@ async def _run_step(
                     "status": "succeeded",
                     "attempts": attempts,
                     "output": output,
+                    "data": _capped_data(outcome.data, options.output_limit),
                     "truncated": truncated,
                     "sandboxed": outcome.sandboxed,
                     "finished_at": utcnow(),
@@ -188,6 +198,13 @@ async def _run_step(
         )
         record = await _record(record, failed_result, commit, "step.finished")
         return record, failed_result
+
+
+def _capped_data(data: JsonValue, limit: int) -> JsonValue:
+    """Structured output kept only while its JSON fits the output cap."""
+    if data is None or len(canonical_json(data).encode("utf-8")) <= limit:
+        return data
+    return None
 
 
 def backoff_delay(attempt: int, options: ExecutionOptions) -> float:

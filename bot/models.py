@@ -177,6 +177,8 @@ class StepResult(Model):
     status: StepStatus
     attempts: int = 0
     output: str = ""
+    data: JsonValue = None
+    """Structured output a later step may refer to as ``${s1.data.key}``."""
     truncated: bool = False
     error: str | None = None
     sandboxed: bool | None = None
@@ -241,4 +243,7 @@ class AuditEvent(Model):
         body = self.model_dump(mode="json", exclude={"prev_hash", "hash"})
         if body["tokens"] is None:
             del body["tokens"]
+        step = body.get("step")
+        if isinstance(step, dict) and step.get("data") is None:
+            step.pop("data", None)
         return body

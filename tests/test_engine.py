@@ -346,3 +346,24 @@ async def test_execution_options_bound_output(make_engine: EngineFactory) -> Non
     engine = make_engine(execution=ExecutionOptions(output_limit=10, backoff_base=0.001))
     record = await engine.ask(ask("echo 0123456789abcdef in staging"))
     assert record.results[0].output.startswith("0123456789\n[output truncated")
+
+
+async def test_a_step_can_use_an_earlier_steps_output(engine: Engine) -> None:
+    """${s1.output} in an argument is replaced by step s1's output before s2 runs."""
+    record = await engine.ask(
+        ask("run test.echo text=web then run test.restart service=${s1.output} in staging")
+    )
+    assert record.state == "succeeded", record.reason
+    assert record.results[1].output == "restarted web in staging"
+
+
+async def test_a_resolved_argument_is_validated_and_authorised_again(
+    engine: Engine, connector: ScriptedConnector
+) -> None:
+    """A value from an earlier step that fails validation stops the step; nothing runs."""
+    record = await engine.ask(
+        ask("run test.echo text='Web Server' then run test.restart service=${s1.output} in staging")
+    )
+    assert record.state == "failed"
+    assert "service: String should match pattern" in (record.results[1].error or "")
+    assert connector.calls["test.restart"] == 0

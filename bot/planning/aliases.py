@@ -19,6 +19,7 @@ from pydantic import JsonValue
 
 from bot.errors import InvalidInput, NoPlan
 from bot.models import Intent, Plan, Step
+from bot.planning.references import check_references, validate_arguments
 from connectors import Action, Catalog
 
 CLAUSE_SEPARATOR = re.compile(r"\s*(?:;|,?\s+(?:and\s+)?then\s+)\s*", re.IGNORECASE)
@@ -78,14 +79,18 @@ class AliasPlanner:
         steps: list[Step] = []
         for index, clause in enumerate(clauses, start=1):
             action, args = self._resolve(clause.strip(), catalog)
-            params = catalog.validate(action.id, args)
+            step_id = f"s{index}"
+            # "${s1.output}" refers to an earlier step's result: checked now, resolved
+            # and validated again right before the step runs.
+            check_references(step_id, args, [step.id for step in steps])
+            checked, resource = validate_arguments(action, args)
             steps.append(
                 Step(
-                    id=f"s{index}",
+                    id=step_id,
                     action=action.id,
-                    args=params.model_dump(mode="json"),
+                    args=checked,
                     environment=intent.environment,
-                    resource=action.resource(params),
+                    resource=resource,
                     risk=action.risk,
                     depends_on=(steps[-1].id,) if steps else (),
                 )
