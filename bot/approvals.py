@@ -7,6 +7,7 @@ approver is authorised again by policy at the moment they decide.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from bot.errors import IllegalTransition, InvalidInput, PolicyDenied
@@ -72,6 +73,7 @@ def decide(
     approve: bool,
     reason: str | None,
     now: datetime,
+    groups: Sequence[str] = (),
 ) -> tuple[RequestRecord, list[AuditEvent]]:
     """Apply one approver's approval or rejection to ``record``.
 
@@ -105,7 +107,7 @@ def decide(
         if decision.decision != "needs_approval":
             continue
         step = next(s for s in record.plan.steps if s.id == decision.step_id)
-        allowed, rule = policy.may_approve(approver, step)
+        allowed, rule = policy.may_approve(approver, step, groups=groups)
         if not allowed:
             raise PolicyDenied(
                 f"{approver} may not approve {step.action!r} in {step.environment!r}: {rule}"

@@ -7,7 +7,7 @@ audit event.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -85,6 +85,9 @@ class Engine:
         self._explainer = AliasPlanner()
         self.jobs = jobs
         """Where approved requests go; ``None`` runs them in the approving process."""
+        self.observers: list[Callable[[RequestRecord], None]] = []
+        """Called with each stored change; must return at once and never raise (a front
+        schedules its own work)."""
 
     async def ask(self, request: Request, *, dedupe_key: str | None = None) -> RequestRecord:
         """Record a request, plan it, decide each step, and run it if nothing needs approval.
@@ -114,7 +117,7 @@ class Engine:
                     environments=self.options.environments,
                     default_environment=self.options.default_environment,
                 )
-                plan = self.redactor.model(await self._plan(intent))
+                plan = self.redactor.model(await self._plan(intent, request.groups))
             except (InvalidInput, NoPlan, ClarificationNeeded) as error:
                 # A question from the model ends this request; the person's answer, in
                 # the same thread, arrives as a new request with the thread as context.
@@ -130,7 +133,10 @@ class Engine:
                     suggestions=tuple(suggestions),
                 )
 
-        decisions = tuple(self.policy.decide(request.requester, step) for step in plan.steps)
+        decisions = tuple(
+            self.policy.decide(request.requester, step, groups=request.groups)
+            for step in plan.steps
+        )
         planned, planned_event = advance(
             record,
             "planned",
@@ -158,7 +164,7 @@ class Engine:
             return await self._dispatch(record)
         return record
 
-    async def _plan(self, intent: Intent) -> Plan:
+    async def _plan(self, intent: Intent, groups: Sequence[str] = ()) -> Plan:
         """Plan with only the actions the requester may run or request in that environment.
 
         When nothing permitted matches, the offline phrasings are tried against every
@@ -167,7 +173,10 @@ class Engine:
         No model ever sees a forbidden action.
         """
         ids = self.policy.permitted_actions(
-            intent.requester, intent.environment, (action.id for action in self.catalog)
+            intent.requester,
+            intent.environment,
+            (action.id for action in self.catalog),
+            groups=groups,
         )
         try:
             return await self.planner.plan(intent, self.catalog.restricted(ids))
@@ -199,10 +208,17 @@ class Engine:
             )
         return advance(planned, "approved", "request.approved", SYSTEM_ACTOR)
 
-    async def approve(self, request_id: str, approver: str) -> RequestRecord:
-        """One approval; runs the request when it was the last one needed."""
+    async def approve(
+        self, request_id: str, approver: str, *, groups: Sequence[str] = ()
+    ) -> RequestRecord:
+        """One approval; runs the request when it was the last one needed.
+
+        ``groups``: the approver's directory groups (``group:HANDLE``) at the click.
+        """
         with bound_contextvars(request_id=request_id, approver=approver):
-            record = await self._decide(request_id, approver, approve=True, reason=None)
+            record = await self._decide(
+                request_id, approver, approve=True, reason=None, groups=groups
+            )
             if record.state == "approved":
                 return await self._dispatch(record)
             return record
@@ -246,14 +262,20 @@ class Engine:
             except ConcurrentUpdate:
                 continue
 
-    async def reject(self, request_id: str, approver: str, reason: str) -> RequestRecord:
-        return await self._decide(request_id, approver, approve=False, reason=reason)
+    async def reject(
+        self, request_id: str, approver: str, reason: str, *, groups: Sequence[str] = ()
+    ) -> RequestRecord:
+        return await self._decide(request_id, approver, approve=False, reason=reason, groups=groups)
 
-    async def cancel(self, request_id: str, actor: str) -> RequestRecord:
+    async def cancel(
+        self, request_id: str, actor: str, *, groups: Sequence[str] = ()
+    ) -> RequestRecord:
         """Cancel a request that has not started running; the requester or an approver may."""
         while True:
             record = await self.show(request_id)
-            if actor != record.request.requester and not self._may_approve_all(actor, record):
+            if actor != record.request.requester and not self._may_approve_all(
+                actor, record, groups
+            ):
                 raise PolicyDenied(
                     f"only the requester or an approver may cancel request {request_id}"
                 )
@@ -323,12 +345,24 @@ class Engine:
         await self.store.aclose()
 
     async def _decide(
-        self, request_id: str, approver: str, *, approve: bool, reason: str | None
+        self,
+        request_id: str,
+        approver: str,
+        *,
+        approve: bool,
+        reason: str | None,
+        groups: Sequence[str] = (),
     ) -> RequestRecord:
         while True:
             record = await self.show(request_id)
             updated, events = approvals.decide(
-                record, approver, self.policy, approve=approve, reason=reason, now=utcnow()
+                record,
+                approver,
+                self.policy,
+                approve=approve,
+                reason=reason,
+                now=utcnow(),
+                groups=groups,
             )
             try:
                 return await self._save(record, updated, events)
@@ -339,7 +373,7 @@ class Engine:
 
     def _guard(self, record: RequestRecord, step: Step) -> str | None:
         """Authorise ``step`` once more right before it runs."""
-        decision = self.policy.decide(record.request.requester, step)
+        decision = self.policy.decide(record.request.requester, step, groups=record.request.groups)
         if decision.decision == "deny":
             return f"policy no longer allows this step: {decision.rule}"
         if decision.decision == "needs_approval":
@@ -352,10 +386,14 @@ class Engine:
                 )
         return None
 
-    def _may_approve_all(self, subject: str, record: RequestRecord) -> bool:
+    def _may_approve_all(
+        self, subject: str, record: RequestRecord, groups: Sequence[str] = ()
+    ) -> bool:
         if record.plan is None:
             return False
-        return all(self.policy.may_approve(subject, step)[0] for step in record.plan.steps)
+        return all(
+            self.policy.may_approve(subject, step, groups=groups)[0] for step in record.plan.steps
+        )
 
     async def _expire_if_due(self, record: RequestRecord) -> RequestRecord:
         while (due := approvals.expire_if_due(record, utcnow())) is not None:
@@ -396,8 +434,11 @@ class Engine:
     async def _save(
         self, before: RequestRecord, after: RequestRecord, events: Sequence[AuditEvent]
     ) -> RequestRecord:
-        return await self.store.save(
+        saved = await self.store.save(
             self.redactor.model(after),
             before.version,
             [self.redactor.model(event) for event in events],
         )
+        for observe in self.observers:
+            observe(saved)
+        return saved

@@ -94,6 +94,8 @@ class Request(Model):
     thread: str | None = None
     environment: str | None = None
     """Environment fixed by the front (a ``--env`` flag, a channel bound to one)."""
+    groups: tuple[str, ...] = ()
+    """Directory groups (``group:HANDLE``) the front found the requester in when they asked."""
     dry_run: bool = False
     received_at: datetime = Field(default_factory=utcnow)
 

@@ -55,6 +55,19 @@ def _no_rule(subject: str, environment: str, action: str, resource: str, verbs: 
     return f"no rule grants {verbs} on {target} in {environment!r} to {subject!r} (default deny)"
 
 
+def _groups(groups: Iterable[str]) -> tuple[str, ...]:
+    """Directory groups as a cache key: ``group:`` subjects only, sorted, each once.
+
+    A front passes the groups it found a person in; anything else (a role, a user) would
+    let it grant roles policy does not, so it is refused.
+    """
+    found = tuple(sorted(set(groups)))
+    for group in found:
+        if not group.startswith("group:"):
+            raise ValueError(f"{group!r} is not a group: subject")
+    return found
+
+
 def _request_problem(environment: str, action: str) -> str | None:
     """Why a request cannot be evaluated at all: a pattern where a concrete name belongs."""
     for name, value in (("environment", environment), ("action", action)):
@@ -109,9 +122,9 @@ class Policy:
         # a new Policy, drops it at once (the cache holds a bound method of this Policy: the
         # cycle collector frees both). functools.lru_cache stays consistent under threads;
         # LAM calls it from one event loop.
-        self._decisions: Callable[[str, str, str, str, Verb], _Verdict] = functools.lru_cache(
-            DECISION_CACHE_SIZE
-        )(self._evaluate_uncached)
+        self._decisions: Callable[[str, str, str, str, Verb, tuple[str, ...]], _Verdict] = (
+            functools.lru_cache(DECISION_CACHE_SIZE)(self._evaluate_uncached)
+        )
         self._approvers: Callable[[str, str, str], tuple[str, ...]] = functools.lru_cache(
             DECISION_CACHE_SIZE
         )(self._approvers_uncached)
@@ -147,13 +160,25 @@ class Policy:
         return cls(enforcer, rules, matcher_at, quorums=lines.quorums, protected=lines.protected)
 
     def check(
-        self, subject: str, environment: str, action: str, resource: str, verb: Verb
+        self,
+        subject: str,
+        environment: str,
+        action: str,
+        resource: str,
+        verb: Verb,
+        *,
+        groups: Iterable[str] = (),
     ) -> tuple[bool, str]:
-        """Whether ``subject`` may ``verb`` the action, and the deciding rule or why none did."""
-        verdict = self._evaluate(subject, environment, action, canonical_resource(resource), verb)
+        """Whether ``subject`` may ``verb`` the action, and the deciding rule or why none did.
+
+        ``groups`` are directory groups (``group:HANDLE``) the subject belongs to, as a
+        front found them; their roles count as the subject's own.
+        """
+        resource = canonical_resource(resource)
+        verdict = self._evaluate(subject, environment, action, resource, verb, _groups(groups))
         return verdict.allowed, verdict.reason
 
-    def decide(self, subject: str, step: Step) -> Decision:
+    def decide(self, subject: str, step: Step, *, groups: Iterable[str] = ()) -> Decision:
         """``allow`` if the subject may run the step, ``needs_approval`` if it may request it.
 
         A request is only worth making when someone may approve it: with no approver the
@@ -162,6 +187,7 @@ class Policy:
         grants ``run`` names the action exactly (no ``*`` in its action).
         """
         env, action, resource = step.environment, step.action, canonical_resource(step.resource)
+        member_of = _groups(groups)
 
         def decision(
             kind: DecisionKind, rule: str, approvers: tuple[str, ...] = (), required: int = 0
@@ -179,7 +205,7 @@ class Policy:
 
         if problem := _request_problem(env, action):
             return decision("deny", problem)
-        run = self._evaluate(subject, env, action, resource, "run")
+        run = self._evaluate(subject, env, action, resource, "run", member_of)
         guarded = (
             run.allowed
             and step.risk == "destructive"
@@ -189,7 +215,7 @@ class Policy:
         )
         if run.allowed and not guarded:
             return decision("allow", run.reason)
-        request = self._evaluate(subject, env, action, resource, "request")
+        request = self._evaluate(subject, env, action, resource, "request", member_of)
         if guarded:
             # Whoever may run it may certainly ask for it.
             request = _Verdict(
@@ -225,19 +251,28 @@ class Policy:
         strictest = max(covering, key=lambda q: q.approvals)
         return strictest.approvals, f"{strictest} ({strictest.approvals} distinct approvers)"
 
-    def may_approve(self, approver: str, step: Step) -> tuple[bool, str]:
+    def may_approve(
+        self, approver: str, step: Step, *, groups: Iterable[str] = ()
+    ) -> tuple[bool, str]:
         """Whether ``approver`` may approve ``step``, and the deciding rule or why none did."""
-        return self.check(approver, step.environment, step.action, step.resource, "approve")
+        return self.check(
+            approver, step.environment, step.action, step.resource, "approve", groups=groups
+        )
 
-    def roles_of(self, subject: str, environment: str) -> list[str]:
+    def roles_of(self, subject: str, environment: str, *, groups: Iterable[str] = ()) -> list[str]:
         """The roles and groups ``subject`` holds in ``environment``, inherited ones included.
 
         Breadth first, as far up a chain of roles as Casbin follows one when it decides.
         """
-        return list(self._roles.held(subject, environment)[1:])
+        return list(self._held(subject, environment, _groups(groups))[1:])
 
     def permitted_actions(
-        self, subject: str, environment: str, action_ids: Iterable[str]
+        self,
+        subject: str,
+        environment: str,
+        action_ids: Iterable[str],
+        *,
+        groups: Iterable[str] = (),
     ) -> list[str]:
         """The actions ``subject`` may run or request in ``environment`` on some resource.
 
@@ -247,7 +282,8 @@ class Policy:
         action is listed if and only if at least one resource is left to it.
         """
         # Only rules of the subject itself or of a role it holds can grant it anything.
-        held = set(self._roles.held(subject, environment))
+        member_of = _groups(groups)
+        held = set(self._held(subject, environment, member_of))
         grants = [
             rule
             for rule in self._rules
@@ -260,27 +296,56 @@ class Policy:
             action
             for action in action_ids
             if any(
-                self._evaluate(subject, environment, action, rule.resource, rule.verb).allowed
+                self._evaluate(
+                    subject, environment, action, rule.resource, rule.verb, member_of
+                ).allowed
                 for rule in grants
                 if rule.verb != "*" and wildcard_match(action, rule.action)
             )
         ]
 
+    def _held(self, subject: str, environment: str, groups: tuple[str, ...]) -> tuple[str, ...]:
+        """The subject, the roles it holds, then its directory groups and their roles."""
+        held = self._roles.held(subject, environment)
+        for group in groups:
+            held += tuple(r for r in self._roles.held(group, environment) if r not in held)
+        return held
+
     def _evaluate(
-        self, subject: str, environment: str, action: str, resource: str, verb: Verb
+        self,
+        subject: str,
+        environment: str,
+        action: str,
+        resource: str,
+        verb: Verb,
+        groups: tuple[str, ...] = (),
     ) -> _Verdict:
         """The verdict on one canonical request and the rule Casbin would name for it."""
-        return self._decisions(subject, environment, action, resource, verb)
+        return self._decisions(subject, environment, action, resource, verb, groups)
 
     def _evaluate_uncached(
-        self, subject: str, environment: str, action: str, resource: str, verb: Verb
+        self,
+        subject: str,
+        environment: str,
+        action: str,
+        resource: str,
+        verb: Verb,
+        groups: tuple[str, ...] = (),
     ) -> _Verdict:
         """``_evaluate`` without the cache: from the index, or from Casbin for another matcher."""
         if not self._indexed:
-            return self._evaluate_with_casbin(subject, environment, action, resource, verb)
+            verdicts = [
+                self._evaluate_with_casbin(member, environment, action, resource, verb)
+                for member in (subject, *groups)
+            ]
+            # Allow-override-by-deny across the subject and its groups: any deny rule
+            # wins, then any allow, else the subject's own "no rule".
+            denials = [v for v in verdicts if not v.allowed and v.rule is not None]
+            grants = [v for v in verdicts if v.allowed]
+            return (denials or grants or verdicts)[0]
         if problem := _request_problem(environment, action):
             return _Verdict(False, None, problem)
-        held = self._roles.held(subject, environment)
+        held = self._held(subject, environment, groups)
         allowed, rule = self._index.decide(held, environment, action, resource, verb)
         if rule is None:
             return _Verdict(
