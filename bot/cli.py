@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -19,14 +17,13 @@ from bot.audit import Redactor
 from bot.config import Settings, load_settings
 from bot.engine import Engine
 from bot.errors import ConfigError, InvalidInput, LamError
-from bot.jobs import Worker
 from bot.lifecycle import DESCRIPTIONS
 from bot.logs import configure_logging
 from bot.models import Request, RequestRecord, Step
 from bot.policy import Policy
 from bot.policy_reload import PolicyReloader
-from bot.policy_share import PolicyShare
 from bot.policy_tests import run_policy_tests
+from bot.runtime import run_background, worker_names
 from bot.text import as_subject, normalise
 from bot.wiring import build_catalog, build_planner, open_engine, policy_dir
 
@@ -226,43 +223,15 @@ def worker(
                 " process that approves them; set REDIS_URL=redis://host:6379/0"
             )
         )
-    url = settings.redis_url.get_secret_value()
-    base = name or f"{socket.gethostname()}-{os.getpid()}"
-    names = [base] if concurrency == 1 else [f"{base}-{n}" for n in range(1, concurrency + 1)]
+    names = worker_names(name, concurrency)
 
     async def work(engine: Engine) -> None:
-        assert engine.jobs is not None  # REDIS_URL is set
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             # The job in progress finishes; a killed worker's job is reclaimed instead.
             loop.add_signal_handler(signum, stop.set)
-        workers = [
-            Worker(
-                engine,
-                engine.jobs,
-                name=worker_name,
-                max_deliveries=settings.lam_job_max_deliveries,
-                heartbeat=settings.lam_job_idle_seconds / 3,
-            )
-            for worker_name in names
-        ]
-        # Steps are authorised again right before they run: the worker follows policy
-        # changes, its own files' and those other replicas share.
-        risks = {action.id: action.risk for action in engine.catalog}
-        reloader = PolicyReloader(engine, policy_dir(settings), risks)
-        share = PolicyShare(reloader, url, prefix=settings.lam_redis_prefix, replica=base)
-        try:
-            resubmitted = await engine.resubmit_approved()
-            log.info("worker.started", workers=names, resubmitted=resubmitted)
-            await asyncio.gather(
-                reloader.run(stop, settings.lam_policy_reload_seconds),
-                share.run(stop),
-                *(each.run(stop) for each in workers),
-            )
-        finally:
-            await share.aclose()
-        log.info("worker.stopped", workers=names)
+        await run_background(engine, settings, stop, workers=names)
 
     _with_engine(work)
 
@@ -342,6 +311,27 @@ def audit_tail(
 
     for line in _with_engine(tail):
         typer.echo(line)
+
+
+@app.command()
+def serve(
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="HTTP port: /slack/events, /healthz, /readyz.")
+    ] = 3000,
+    health_port: Annotated[
+        int | None,
+        typer.Option(min=0, max=65535, help="Socket Mode: port for /healthz, /readyz."),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "0.0.0.0",  # noqa: S104
+) -> None:
+    """Run the Slack front: Socket Mode when SLACK_APP_TOKEN is set, else HTTP on --port."""
+    from bot.slack.server import serve as serve_slack
+
+    try:
+        settings = _settings()
+        asyncio.run(serve_slack(settings, port=port, health_port=health_port, host=host))
+    except LamError as error:
+        raise _fail(error) from None
 
 
 @app.command("eval")

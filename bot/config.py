@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     slack_app_token: SecretStr | None = Field(default=None, alias="SLACK_APP_TOKEN")
     openai_api_key: SecretStr | None = Field(default=None, alias="OPENAI_API_KEY")
     redis_url: SecretStr | None = Field(default=None, alias="REDIS_URL")
+    lam_serve_workers: int = Field(default=1, ge=0, le=64, alias="LAM_SERVE_WORKERS")
+    """Workers ``lam serve`` runs in-process when REDIS_URL is set (0: leave it to lam worker)."""
     openai_base_url: str | None = Field(default=None, alias="OPENAI_BASE_URL")
     """An OpenAI-compatible API for the LLM planner, e.g. http://127.0.0.1:11434/v1."""
     lam_model: str | None = Field(default=None, alias="LAM_MODEL")

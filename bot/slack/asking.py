@@ -1,0 +1,122 @@
+"""Asking: a mention, a DM or a reply in a LAM thread becomes one request.
+
+A delivery is claimed in the store before anything is posted, keyed by the message
+itself (team, channel and ts), so Slack's retries, a replayed request, and the mention
+and message events of one message all make one request.
+"""
+
+from __future__ import annotations
+
+import re
+
+import structlog
+
+from bot.errors import DuplicateRequest, LamError
+from bot.models import Request
+from bot.slack._state import PlanMessage
+from bot.slack.blocks import escape, placeholder, section
+from bot.slack.front import SLACK_FAILURES, SlackFront, Where
+from bot.slack.identity import Identity
+from bot.text import MAX_REQUEST_CHARS
+
+log = structlog.get_logger("lam.slack")
+
+LINK = re.compile(r"<(?P<target>[^<>|]+)\|(?P<label>[^<>]*)>")
+EXAMPLES = "e.g. “restart api in staging” or “disk usage”; `/lam help` for more"
+
+
+def request_text(text: str, bot_user_id: str) -> str:
+    """The request in a Slack message: the bot's mention out, links as their labels.
+
+    Slack sends ``& < >`` as entities and links as ``<target|label>``; policy and the
+    planner see what the person wrote.
+    """
+    if bot_user_id:
+        text = re.sub(rf"<@{re.escape(bot_user_id)}(?:\|[^>]*)?>", " ", text)
+    text = LINK.sub(lambda m: m.group("label") or m.group("target"), text)
+    text = text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    return text.strip()
+
+
+def message_key(identity: Identity, channel: str, ts: str) -> str:
+    """The dedupe key of one Slack message: the same for its retries and its mention event."""
+    return f"slack:{identity.team_id}:{channel}:{ts}"
+
+
+async def ask(
+    front: SlackFront,
+    identity: Identity,
+    *,
+    text: str,
+    channel: str,
+    ts: str,
+    thread_ts: str | None,
+) -> None:
+    """Record and plan the request in a message; its plan message goes in the thread."""
+    thread = thread_ts or ts
+    where = Where(identity.user_id, channel, thread)
+    wanted = request_text(text, front.bot_user_id)
+    if not wanted:
+        await front.tell(where, f"Tell me what you need, {EXAMPLES}.")
+        return
+    if len(wanted) > MAX_REQUEST_CHARS:
+        await front.tell(
+            where,
+            f"Your message is {len(wanted):,} characters long; LAM reads requests of at most"
+            f" {MAX_REQUEST_CHARS:,}. Nothing was done: say what you need in fewer words.",
+        )
+        return
+    engine = front.engine
+    request = Request(
+        text=wanted,
+        requester=identity.subject,
+        source="slack",
+        channel=channel,
+        thread=thread,
+        environment=front.environment_of(channel),
+        groups=await front.groups_of(identity),
+    )
+    key = message_key(identity, channel, ts)
+    owner = await engine.store.claim(key, request.id, engine.options.dedupe_ttl)
+    if owner != request.id:
+        log.info("slack.duplicate_delivery", key=key, request_id=owner)
+        return
+
+    fallback, blocks = placeholder(request.id, wanted)
+    try:
+        posted = await front.client.chat_postMessage(
+            channel=channel, thread_ts=thread, text=fallback, blocks=blocks
+        )
+    except SLACK_FAILURES as error:
+        log.warning("slack.cannot_post_plan", channel=channel, error=str(error))
+        await front.tell(
+            Where(identity.user_id),
+            f"I cannot post in <#{channel}>, so I did not act on your request there:"
+            f" {escape(str(error))[:300]}. Invite me to the channel, or ask me here.",
+        )
+        return
+    plan_ts = str(posted["ts"])
+    front.state.plans[request.id] = PlanMessage(channel=channel, ts=plan_ts, thread_ts=thread)
+    front.state.add_thread(channel, thread)
+    await front.state.save()
+
+    try:
+        record = await engine.ask(request, dedupe_key=key)
+    except DuplicateRequest as duplicate:
+        # Another process claimed the message between our claim and now: its request
+        # is the one; say so on the message we posted.
+        already = f"Already received as request `{duplicate.request_id}`."
+        await _replace(front, channel, plan_ts, already)
+        front.state.plans.pop(request.id, None)
+        return
+    except LamError as error:
+        await _replace(front, channel, plan_ts, f":warning: {escape(str(error))}")
+        return
+    front.tracker.touch(record.id)
+
+
+async def _replace(front: SlackFront, channel: str, ts: str, text: str) -> None:
+    try:
+        await front.client.chat_update(channel=channel, ts=ts, text=text, blocks=[section(text)])
+    except SLACK_FAILURES as error:
+        log.warning("slack.update_failed", channel=channel, error=str(error))
