@@ -78,6 +78,31 @@ class _Sent:
     record_json: str | None
 
 
+def connect(url: str) -> tuple[aioredis.Redis, str]:
+    """A client for ``url`` with LAM's timeouts, and the URL with its password masked.
+
+    Raises ``ConfigError`` naming ``REDIS_URL`` when it is not a Redis URL. The client
+    connects lazily: the caller's first command finds out whether the server is there.
+    """
+    masked = mask_url(url)
+    try:
+        client = aioredis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            socket_timeout=COMMAND_TIMEOUT,
+            # A few quick retries ride out a restart; a server that stays away is
+            # reported within a second rather than after redis-py's default ten.
+            retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.25), retries=3),
+        )
+    except ValueError as error:
+        raise ConfigError(
+            f"REDIS_URL {masked!r} is not a Redis URL ({error}); use"
+            " redis://[user:password@]host:port/db or rediss://… for TLS"
+        ) from error
+    return client, masked
+
+
 class RedisStore:
     """The ``Store`` kept in Redis; open it with ``RedisStore.open``."""
 
@@ -112,22 +137,7 @@ class RedisStore:
         Raises ``ConfigError`` naming ``REDIS_URL`` (its password masked) when the URL is
         not a Redis URL, the server cannot be reached or refuses the credentials.
         """
-        masked = mask_url(url)
-        try:
-            client = aioredis.from_url(
-                url,
-                decode_responses=True,
-                socket_connect_timeout=CONNECT_TIMEOUT,
-                socket_timeout=COMMAND_TIMEOUT,
-                # A few quick retries ride out a restart; a server that stays away is
-                # reported within a second rather than after redis-py's default ten.
-                retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.25), retries=3),
-            )
-        except ValueError as error:
-            raise ConfigError(
-                f"REDIS_URL {masked!r} is not a Redis URL ({error}); use"
-                " redis://[user:password@]host:port/db or rediss://… for TLS"
-            ) from error
+        client, masked = connect(url)
         store = cls(client, prefix=prefix, url=masked, audit_page_size=audit_page_size)
         try:
             await client.ping()

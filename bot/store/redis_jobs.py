@@ -20,13 +20,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ResponseError
 
 from bot.errors import ConfigError, StoreUnavailable
 from bot.jobs import Job
-from bot.store.redis import COMMAND_TIMEOUT, CONNECT_TIMEOUT, UNREACHABLE, mask_url
+from bot.store.redis import COMMAND_TIMEOUT, UNREACHABLE, connect
 
 GROUP = "workers"
 DEAD_LETTERS_KEPT = 10_000
@@ -70,20 +68,7 @@ class RedisJobQueue:
         Raises ``ConfigError`` naming ``REDIS_URL`` (its password masked) when the URL is
         not a Redis URL or the server cannot be used.
         """
-        masked = mask_url(url)
-        try:
-            client = aioredis.from_url(
-                url,
-                decode_responses=True,
-                socket_connect_timeout=CONNECT_TIMEOUT,
-                socket_timeout=COMMAND_TIMEOUT,
-                retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.25), retries=3),
-            )
-        except ValueError as error:
-            raise ConfigError(
-                f"REDIS_URL {masked!r} is not a Redis URL ({error}); use"
-                " redis://[user:password@]host:port/db or rediss://… for TLS"
-            ) from error
+        client, masked = connect(url)
         queue = cls(client, prefix=prefix, idle_timeout=idle_timeout, url=masked)
         try:
             await queue._create_group()
