@@ -35,19 +35,15 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from bench.pipeline import POLICY, NoParams, engine_round, noop
+from bench.pipeline import bench_engine, engine_round, timed_requests
 from bot.audit import Redactor
 from bot.config import Settings
-from bot.engine import Engine, EngineOptions
 from bot.jobs import Job
 from bot.logs import configure_logging
 from bot.models import AuditEvent, Request, RequestRecord
-from bot.planning.aliases import AliasPlanner
-from bot.policy import Policy
 from bot.store.redis import RedisStore
 from bot.store.redis_jobs import RedisJobQueue
 from bot.wiring import open_engine
-from connectors import Action, Catalog
 from tests.support.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -106,26 +102,12 @@ def _event(record: RequestRecord, kind: str) -> AuditEvent:
 
 async def redis_engine_round(directory: Path, url: str, prefix: str, requests: int) -> float:
     """Seconds for ``requests`` requests end to end on RedisStore, as ``engine_round`` does."""
-    policy_dir = directory / "policies"
-    policy_dir.mkdir()
-    (policy_dir / "model.conf").write_text((REPO / "policies" / "model.conf").read_text())
-    (policy_dir / "policy.csv").write_text(POLICY)
     store = await RedisStore.open(url, prefix=prefix)
-    engine = Engine(
-        store=store,
-        policy=Policy.load(policy_dir),
-        catalog=Catalog.of([Action("bench.noop", "No-op.", NoParams, noop, examples=("noop",))]),
-        planner=AliasPlanner(),
-        options=EngineOptions(),
-    )
     try:
-        started = time.perf_counter()
-        for _ in range(requests):
-            record = await engine.ask(Request(text="noop in staging", requester="user:bench"))
-            assert record.state == "succeeded", record.reason
-        return time.perf_counter() - started
+        elapsed, _ = await timed_requests(bench_engine(directory, store), requests)
     finally:
         await store.aclose()
+    return elapsed
 
 
 class HeldJobs:

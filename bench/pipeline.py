@@ -27,9 +27,10 @@ from pydantic import BaseModel
 from bot.audit import Redactor
 from bot.engine import Engine, EngineOptions
 from bot.logs import configure_logging
-from bot.models import Request
+from bot.models import Request, RequestRecord
 from bot.planning.aliases import AliasPlanner
 from bot.policy import Policy
+from bot.store import Store
 from bot.store.sqlite import SqliteStore
 from connectors import Action, ActionContext, ActionResult, Catalog, Params
 
@@ -45,30 +46,38 @@ async def noop(params: BaseModel, ctx: ActionContext) -> ActionResult:
     return ActionResult(output="ok")
 
 
-async def engine_round(directory: Path, requests: int) -> tuple[float, int]:
-    """Seconds for ``requests`` requests end to end, and the store commits they made."""
+def bench_engine(directory: Path, store: Store) -> Engine:
+    """An engine on ``store`` whose one action, a no-op, policy lets run outright."""
     policy_dir = directory / "policies"
     policy_dir.mkdir()
     (policy_dir / "model.conf").write_text((REPO / "policies" / "model.conf").read_text())
     (policy_dir / "policy.csv").write_text(POLICY)
-    store = await SqliteStore.open(directory / "lam.db")
-    engine = Engine(
+    return Engine(
         store=store,
         policy=Policy.load(policy_dir),
         catalog=Catalog.of([Action("bench.noop", "No-op.", NoParams, noop, examples=("noop",))]),
         planner=AliasPlanner(),
         options=EngineOptions(),
     )
+
+
+async def timed_requests(engine: Engine, requests: int) -> tuple[float, RequestRecord]:
+    """Seconds for ``requests`` requests end to end, and the last request as stored."""
+    started = time.perf_counter()
+    for _ in range(requests):
+        record = await engine.ask(Request(text="noop in staging", requester="user:bench"))
+        assert record.state == "succeeded", record.reason
+    return time.perf_counter() - started, record
+
+
+async def engine_round(directory: Path, requests: int) -> tuple[float, int]:
+    """Seconds for ``requests`` requests end to end, and the store commits they made."""
+    store = await SqliteStore.open(directory / "lam.db")
     try:
-        started = time.perf_counter()
-        for _ in range(requests):
-            record = await engine.ask(Request(text="noop in staging", requester="user:bench"))
-            assert record.state == "succeeded", record.reason
-        elapsed = time.perf_counter() - started
-        commits = record.version
+        elapsed, last = await timed_requests(bench_engine(directory, store), requests)
     finally:
         await store.aclose()
-    return elapsed, commits
+    return elapsed, last.version
 
 
 async def raw_commit_round(directory: Path, commits: int) -> float:
