@@ -126,13 +126,6 @@ async def queue(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisJobQueu
 
 
 @pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.from_url(redis_url, decode_responses=True)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 async def redis_engine(
     redis_url: str, redis_prefix: str, policy_dir: Path, connector: ScriptedConnector
 ) -> AsyncIterator[Engine]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +15,11 @@ from redis.exceptions import WatchError
 
 from bot.audit import GENESIS_HASH, verify
 from bot.errors import AuditChainBroken, ConfigError, StoreUnavailable, UnknownRequest
-from bot.models import AuditEvent, EventKind, Intent, Plan, Request, RequestRecord, State, Step
+from bot.models import AuditEvent, Intent, Plan, RequestRecord, State, Step
 from bot.store import redis as redis_module
 from bot.store.redis import RedisStore, mask_url
+from tests.support.records import make_event, make_record
 from tests.support.redis_server import RedisServer, free_port
-
-START = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -29,38 +27,6 @@ async def store(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisStore]:
     opened = await RedisStore.open(redis_url, prefix=redis_prefix, audit_page_size=3)
     yield opened
     await opened.aclose()
-
-
-@pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    """A plain client on the same server, to look at keys and to tamper with them."""
-    client = aioredis.from_url(redis_url, decode_responses=True)
-    yield client
-    await client.aclose()
-
-
-def make_record(
-    requester: str = "user:alice", *, minute: int = 0, environment: str | None = None
-) -> RequestRecord:
-    request = Request(
-        text="restart api",
-        requester=requester,
-        environment=environment,
-        received_at=START + timedelta(minutes=minute),
-    )
-    return RequestRecord(request=request)
-
-
-def make_event(
-    record: RequestRecord, kind: EventKind = "request.received", *, actor: str | None = None
-) -> AuditEvent:
-    return AuditEvent(
-        kind=kind,
-        request_id=record.id,
-        actor=actor or record.request.requester,
-        state=record.state,
-        at=START,
-    )
 
 
 def planned(record: RequestRecord, *actions: str, environment: str = "staging") -> RequestRecord:

@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from bot.audit import seal, verify
 from bot.errors import ConcurrentUpdate, IllegalTransition, UnknownRequest
-from bot.models import AuditEvent, EventKind, Request, RequestRecord
+from bot.models import AuditEvent, RequestRecord
 from bot.store import Store
 from bot.store.sqlite import SqliteStore
+from tests.support.records import START, make_event, make_record
 from tests.support.redis_server import redis_store
 
 StoreFactory = Callable[[Path], AbstractAsyncContextManager[Store]]
@@ -32,8 +33,6 @@ async def sqlite_store(location: Path) -> AsyncIterator[Store]:
 
 STORE_FACTORIES: dict[str, StoreFactory] = {"sqlite": sqlite_store, "redis": redis_store}
 
-START = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
-
 
 @pytest.fixture(params=sorted(STORE_FACTORIES))
 def open_store(
@@ -50,25 +49,6 @@ async def store(
 ) -> AsyncIterator[Store]:
     async with open_store() as opened:
         yield opened
-
-
-def make_record(
-    requester: str = "user:alice", *, minute: int = 0, text: str = "restart api in staging"
-) -> RequestRecord:
-    request = Request(text=text, requester=requester, received_at=START + timedelta(minutes=minute))
-    return RequestRecord(request=request)
-
-
-def make_event(
-    record: RequestRecord, kind: EventKind = "request.received", *, actor: str | None = None
-) -> AuditEvent:
-    return AuditEvent(
-        kind=kind,
-        request_id=record.id,
-        actor=actor or record.request.requester,
-        state=record.state,
-        at=START,
-    )
 
 
 async def all_events(store: Store) -> list[AuditEvent]:

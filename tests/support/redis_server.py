@@ -27,6 +27,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
 from bot.store.redis import RedisStore
 
@@ -263,3 +264,11 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A plain client on the session server, to look at keys and to tamper with them."""
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
