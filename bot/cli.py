@@ -25,7 +25,8 @@ from bot.policy_reload import PolicyReloader
 from bot.policy_tests import run_policy_tests
 from bot.runtime import run_background, worker_names
 from bot.text import as_subject, normalise
-from bot.wiring import build_catalog, build_planner, open_engine, policy_dir
+from bot.wiring import build_catalog, build_planner, close_connectors, open_engine, policy_dir
+from connectors import Catalog
 
 app = typer.Typer(
     help="LAM: ask for operations work in plain words; policy, approvals and audit decide.",
@@ -46,14 +47,25 @@ AsUser = Annotated[str, typer.Option("--as", help="Who you are, e.g. alice (user
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
+REDACTOR = Redactor()
+"""One redactor for the process: the logs and the engine mask the same secrets, the
+connectors' among them once they have started."""
+
+
 def _settings() -> Settings:
     settings = load_settings()
+    REDACTOR.add(settings.secrets())
     configure_logging(
-        log_format=settings.lam_log_format,
-        level=settings.lam_log_level,
-        redactor=Redactor(settings.secrets()),
+        log_format=settings.lam_log_format, level=settings.lam_log_level, redactor=REDACTOR
     )
     return settings
+
+
+async def _started_catalog(settings: Settings) -> Catalog:
+    """The connectors' actions, for commands that only read them; nothing stays open."""
+    catalog = await build_catalog(settings, REDACTOR)
+    await close_connectors(catalog)
+    return catalog
 
 
 def _fail(error: LamError) -> typer.Exit:
@@ -65,7 +77,7 @@ def _with_engine(work: Callable[[Engine], Awaitable[T]]) -> T:
     """Open the engine, run ``work``, close it; a LAM error becomes one line and an exit code."""
 
     async def main() -> T:
-        engine = await open_engine(_settings())
+        engine = await open_engine(_settings(), REDACTOR)
         try:
             return await work(engine)
         finally:
@@ -257,7 +269,7 @@ def policy_check(
     try:
         env, action = normalise(env, what="ENV"), normalise(action, what="ACTION")
         resource = normalise(resource, what="--resource")
-        catalog = build_catalog(_settings())
+        catalog = asyncio.run(_started_catalog(_settings()))
     except LamError as error:
         raise _fail(error) from None
     # A destructive action needs approval in a protected environment, so the risk its
@@ -279,7 +291,8 @@ def policy_test() -> None:
     settings = _settings()
     try:
         directory = policy_dir(settings)
-        risks = {action.id: action.risk for action in build_catalog(settings)}
+        catalog = asyncio.run(_started_catalog(settings))
+        risks = {action.id: action.risk for action in catalog}
         results = run_policy_tests(Policy.load(directory), directory / "tests", risks)
     except LamError as error:
         raise _fail(error) from None
@@ -329,7 +342,9 @@ def serve(
 
     try:
         settings = _settings()
-        asyncio.run(serve_slack(settings, port=port, health_port=health_port, host=host))
+        asyncio.run(
+            serve_slack(settings, port=port, health_port=health_port, host=host, redactor=REDACTOR)
+        )
     except LamError as error:
         raise _fail(error) from None
 
@@ -350,14 +365,13 @@ def eval_corpus(
     settings = _settings()
 
     async def evaluate() -> EvalReport:
-        catalog = build_catalog(settings)
-        planner = build_planner(settings, Redactor(settings.secrets()))
+        catalog = await build_catalog(settings, REDACTOR)
+        planner = build_planner(settings, REDACTOR)
         try:
             return await run_eval(corpus, planner, catalog)
         finally:
             await planner.aclose()
-            for connector in catalog.connectors:
-                await connector.aclose()
+            await close_connectors(catalog)
 
     try:
         report = asyncio.run(evaluate())

@@ -54,6 +54,14 @@ class Settings(BaseSettings):
     """Starts every key LAM keeps in Redis, so installations can share one server."""
     lam_job_idle_seconds: float = Field(default=60.0, gt=0, alias="LAM_JOB_IDLE_SECONDS")
     """A job its worker has not renewed for this long is reclaimed by another worker."""
+    lam_connector_start_seconds: float = Field(
+        default=15.0, gt=0, alias="LAM_CONNECTOR_START_SECONDS"
+    )
+    """How long one connector may take to start before it is reported as failed."""
+    lam_max_revisions: int = Field(default=2, ge=0, le=5, alias="LAM_MAX_REVISIONS")
+    """Revised plans the model may propose for one request after a step fails."""
+    lam_max_clarifications: int = Field(default=3, ge=0, le=10, alias="LAM_MAX_CLARIFICATIONS")
+    """Questions the model may ask about one request before LAM gives up on it."""
     lam_job_max_deliveries: int = Field(default=5, ge=1, alias="LAM_JOB_MAX_DELIVERIES")
     """Deliveries of one job before it is dead-lettered and its request failed."""
 

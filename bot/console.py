@@ -23,7 +23,7 @@ from bot.models import (
     StepResult,
 )
 from bot.text import as_subject
-from connectors import Action
+from connectors import Catalog
 
 EXIT_CODES = {
     "succeeded": 0,
@@ -154,9 +154,10 @@ def render_history(records: Iterable[RequestRecord]) -> str:
     return "\n".join(rows) if rows else "no requests yet"
 
 
-def render_actions(actions: Iterable[Action]) -> str:
-    lines: list[str] = []
-    for action in actions:
+def render_actions(catalog: Catalog) -> str:
+    """Every action with its risk and arguments; connectors that failed to start, why."""
+    lines = [f"unavailable: {reason}" for _, reason in sorted(catalog.failures.items())]
+    for action in catalog:
         dry = ", dry-run" if action.supports_dry_run else ""
         lines.append(f"{action.id}  ({action.risk}{dry})  {action.description}")
         lines.extend(f"    e.g. {example!r}" for example in action.examples[:3])

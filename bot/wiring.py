@@ -18,7 +18,7 @@ from bot.store import Store
 from bot.store.redis import RedisStore
 from bot.store.redis_jobs import RedisJobQueue
 from bot.store.sqlite import SqliteStore
-from connectors import BUILTIN_CONNECTORS, Catalog, build_connectors, connector_types
+from connectors import BUILTIN_CONNECTORS, Catalog, connector_types, start_connectors
 
 # The sample policy ships in the wheel under bot/ and sits beside bot/ in a checkout.
 PACKAGED_POLICIES = (
@@ -40,10 +40,21 @@ def policy_dir(settings: Settings) -> Path:
     raise ConfigError("LAM_POLICY_DIR: no policies/ directory here; set LAM_POLICY_DIR")
 
 
-def build_catalog(settings: Settings) -> Catalog:
-    """The configured connectors' actions (``LAM_CONFIG``, or the built-ins)."""
+async def build_catalog(settings: Settings, redactor: Redactor | None = None) -> Catalog:
+    """Start the configured connectors (``LAM_CONFIG``, or the built-ins).
+
+    An instance that cannot start is in ``Catalog.failures``; the others work. Their
+    secrets join ``redactor`` before any of them can appear in a log line.
+    """
     config = load_config(settings.lam_config)
-    return Catalog(build_connectors(config.connectors, connector_types(BUILTIN_CONNECTORS)))
+    catalog = await start_connectors(
+        config.connectors,
+        connector_types(BUILTIN_CONNECTORS),
+        start_within=settings.lam_connector_start_seconds,
+    )
+    if redactor is not None:
+        redactor.add(catalog.secrets)
+    return catalog
 
 
 async def open_store(settings: Settings) -> tuple[Store, JobQueue | None]:
@@ -63,6 +74,11 @@ async def open_store(settings: Settings) -> tuple[Store, JobQueue | None]:
         await store.aclose()
         raise
     return store, jobs
+
+
+async def close_connectors(catalog: Catalog) -> None:
+    for connector in catalog.connectors:
+        await connector.aclose()
 
 
 def build_planner(settings: Settings, redactor: Redactor) -> ChainPlanner:
@@ -91,8 +107,12 @@ def build_planner(settings: Settings, redactor: Redactor) -> ChainPlanner:
 async def open_engine(settings: Settings, redactor: Redactor | None = None) -> Engine:
     redactor = redactor or Redactor(settings.secrets())
     policy = Policy.load(policy_dir(settings))
-    catalog = build_catalog(settings)
-    store, jobs = await open_store(settings)
+    catalog = await build_catalog(settings, redactor)
+    try:
+        store, jobs = await open_store(settings)
+    except BaseException:
+        await close_connectors(catalog)
+        raise
     return Engine(
         store=store,
         policy=policy,

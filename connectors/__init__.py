@@ -6,6 +6,7 @@ from connectors._registry import (
     build_connectors,
     connector_types,
     describe_validation_error,
+    start_connectors,
 )
 from connectors.base import Action, ActionContext, ActionResult, Connector, Params
 from connectors.shell import ShellConnector
@@ -25,4 +26,5 @@ __all__ = [
     "build_connectors",
     "connector_types",
     "describe_validation_error",
+    "start_connectors",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import difflib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from importlib.metadata import entry_points
@@ -12,6 +14,7 @@ from pydantic_core import ErrorDetails
 
 from bot.errors import ConfigError, InvalidArguments, UnknownAction
 from connectors.base import Action, Connector
+from connectors.secrets import secret_values
 
 ENTRY_POINT_GROUP = "lam.connectors"
 
@@ -46,8 +49,23 @@ def connector_types(builtin: Sequence[type[Connector]]) -> dict[str, type[Connec
 def build_connectors(
     configs: Iterable[ConnectorConfig], types: Mapping[str, type[Connector]]
 ) -> list[Connector]:
-    """One connector per configured instance; a bad instance stops start-up, named."""
+    """One connector per configured instance; a bad instance stops start-up, named.
+
+    For tools that must refuse a bad configuration (``lam config check``); a running
+    LAM uses ``start_connectors``, which keeps the good instances.
+    """
+    connectors, failures, _ = _build(configs, types)
+    if failures:
+        raise ConfigError("; ".join(failures.values()))
+    return connectors
+
+
+def _build(
+    configs: Iterable[ConnectorConfig], types: Mapping[str, type[Connector]]
+) -> tuple[list[Connector], dict[str, str], list[str]]:
     connectors: list[Connector] = []
+    failures: dict[str, str] = {}
+    secrets: list[str] = []
     seen: set[str] = set()
     for config in configs:
         if config.name in seen:
@@ -55,19 +73,59 @@ def build_connectors(
         seen.add(config.name)
         connector_type = types.get(config.type)
         if connector_type is None:
-            raise ConfigError(
+            failures[config.name] = (
                 f"connector {config.name!r} has unknown type {config.type!r};"
                 f" known types: {', '.join(sorted(types))}"
             )
+            continue
         try:
             settings = connector_type.Settings.model_validate(config.settings)
+            secrets.extend(secret_values(settings))
+            connectors.append(connector_type(config.name, settings))
         except ValidationError as error:
-            raise ConfigError(
-                f"connector {config.name!r} ({config.type}): invalid settings: "
-                + "; ".join(describe_validation_error(e) for e in error.errors())
-            ) from error
-        connectors.append(connector_type(config.name, settings))
-    return connectors
+            failures[config.name] = f"connector {config.name!r} ({config.type}): " + "; ".join(
+                describe_validation_error(e) for e in error.errors()
+            )
+        except ConfigError as error:
+            failures[config.name] = f"connector {config.name!r} ({config.type}): {error}"
+    return connectors, failures, secrets
+
+
+async def start_connectors(
+    configs: Iterable[ConnectorConfig],
+    types: Mapping[str, type[Connector]],
+    *,
+    start_within: float = 15.0,
+) -> Catalog:
+    """Build and start every configured instance; one that fails is reported, not fatal.
+
+    Instances start concurrently, each within ``start_within`` seconds. The catalog names
+    each failed instance with its reason (``lam actions``, ``/readyz``); the others'
+    actions work as usual.
+    """
+    connectors, failures, secrets = _build(configs, types)
+    catalog = Catalog((), failures=failures)
+    catalog.secrets = secrets
+
+    async def start(connector: Connector) -> Connector | None:
+        try:
+            async with asyncio.timeout(start_within):
+                await connector.start(catalog.refresh)
+        except Exception as error:  # any failure to start fails this instance alone
+            reason = str(error) or type(error).__name__
+            if isinstance(error, TimeoutError):
+                reason = f"did not start within {start_within:g} s"
+            catalog.failures[connector.name] = f"connector {connector.name!r}: {reason}"
+            log.warning("connector.failed", connector=connector.name, reason=reason)
+            with contextlib.suppress(Exception):
+                await connector.aclose()
+            return None
+        return connector
+
+    started = await asyncio.gather(*(start(connector) for connector in connectors))
+    catalog.connectors = [connector for connector in started if connector is not None]
+    catalog.refresh()
+    return catalog
 
 
 def describe_validation_error(error: ErrorDetails) -> str:
@@ -81,14 +139,33 @@ def describe_validation_error(error: ErrorDetails) -> str:
 class Catalog:
     """Every action LAM can plan, by id."""
 
-    def __init__(self, connectors: Iterable[Connector]) -> None:
+    def __init__(
+        self, connectors: Iterable[Connector], *, failures: Mapping[str, str] | None = None
+    ) -> None:
         self.connectors = list(connectors)
+        self.failures: dict[str, str] = dict(failures or {})
+        """Connector instances that could not start, by name, with the reason."""
+        self.secrets: list[str] = []
+        """The resolved secrets of the connectors' settings, for the redactor."""
         self._actions: dict[str, Action] = {}
+        self.refresh(strict=True)
+
+    def refresh(self, *, strict: bool = False) -> None:
+        """Read every connector's actions again (a connector's tools changed).
+
+        At start (``strict``) an id declared twice is a configuration error; later, the
+        second declaration is ignored and logged, and the catalog keeps working.
+        """
+        actions: dict[str, Action] = {}
         for connector in self.connectors:
             for action in connector.actions():
-                if action.id in self._actions:
-                    raise ConfigError(f"action {action.id!r} is declared twice")
-                self._actions[action.id] = action
+                if action.id in actions:
+                    if strict:
+                        raise ConfigError(f"action {action.id!r} is declared twice")
+                    log.warning("connector.duplicate_action", action=action.id)
+                    continue
+                actions[action.id] = action
+        self._actions = actions
 
     @classmethod
     def of(cls, actions: Iterable[Action]) -> Catalog:
@@ -102,6 +179,7 @@ class Catalog:
         """A catalog of only these actions (those a requester may run or request)."""
         catalog = Catalog.of(self._actions[a] for a in action_ids if a in self._actions)
         catalog.connectors = self.connectors
+        catalog.failures = self.failures
         return catalog
 
     def __iter__(self) -> Iterator[Action]:

@@ -2,6 +2,10 @@
 
 A connector never decides whether it may act: policy and approvals wrap every call
 in ``bot.execution``. A connector only validates its own arguments and does the work.
+
+Lifecycle: LAM builds one instance per ``lam.yaml`` entry, awaits ``start``, then reads
+``actions``; ``aclose`` at shutdown. Settings fields that hold credentials are typed
+``connectors.secrets.Secret``.
 """
 
 from __future__ import annotations
@@ -89,6 +93,16 @@ class Connector(Protocol):
     # narrower __init__ satisfy the protocol (parameters are contravariant).
     def __init__(self, name: str, settings: Any) -> None: ...
 
-    def actions(self) -> Sequence[Action]: ...
+    async def start(self, changed: Callable[[], None]) -> None:
+        """Connect and discover actions; raising fails this instance alone, with the reason.
+
+        A connector whose actions change later (an MCP server's ``list_changed``) calls
+        ``changed()`` so the catalog asks ``actions()`` again.
+        """
+        ...
+
+    def actions(self) -> Sequence[Action]:
+        """The actions as of now; ids are ``NAME.action``."""
+        ...
 
     async def aclose(self) -> None: ...

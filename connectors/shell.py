@@ -34,7 +34,7 @@ import pwd
 import re
 import shlex
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar, Literal
 
 import structlog
@@ -212,6 +212,9 @@ class ShellConnector:
             processes=settings.max_processes,
         )
         self._warned_unsandboxed = False
+
+    async def start(self, changed: Callable[[], None]) -> None:
+        """Runbooks are declared, not discovered: nothing to connect to."""
 
     def actions(self) -> Sequence[Action]:
         return [

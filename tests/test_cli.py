@@ -224,11 +224,14 @@ def test_a_policy_file_that_does_not_parse_stops_with_file_and_line(
 
 
 def test_invalid_config_names_the_setting(lam: Lam, home: Path) -> None:
-    """A lam.yaml with an unknown connector type or bad settings names the problem."""
-    (home / "bad.yaml").write_text("connectors:\n  - {type: telnet, name: old}\n")
-    result = lam("ask", "uptime", "--as", "alice", env={"LAM_CONFIG": str(home / "bad.yaml")})
-    assert result.returncode == 2
-    assert "unknown type 'telnet'" in result.stderr
+    """A connector of unknown type is reported and the others work; a bad setting stops LAM."""
+    (home / "bad.yaml").write_text(
+        "connectors:\n  - {type: telnet, name: old}\n  - {type: shell, name: shell}\n"
+    )
+    result = lam("actions", env={"LAM_CONFIG": str(home / "bad.yaml")})
+    assert result.returncode == 0
+    assert "unavailable: connector 'old' has unknown type 'telnet'" in result.stdout
+    assert "shell.uptime" in result.stdout
     bad_env = lam("ask", "uptime", "--as", "alice", env={"LAM_APPROVAL_TTL_SECONDS": "soon"})
     assert bad_env.returncode == 2
     assert "LAM_APPROVAL_TTL_SECONDS" in bad_env.stderr

@@ -24,6 +24,7 @@ from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 
+from bot.audit import Redactor
 from bot.config import Settings
 from bot.policy import Policy
 from bot.runtime import run_background, worker_names
@@ -187,6 +188,7 @@ async def serve(
     port: int = 3000,
     health_port: int | None = None,
     host: str = "0.0.0.0",  # noqa: S104 -- a server listens on every interface by default
+    redactor: Redactor | None = None,
 ) -> None:
     """Run the Slack front until SIGTERM or Ctrl-C; ``lam serve`` calls this.
 
@@ -194,7 +196,7 @@ async def serve(
     missing or refused.
     """
     options = slack_options(settings, load_slack_settings())
-    engine = await open_engine(settings)
+    engine = await open_engine(settings, redactor)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

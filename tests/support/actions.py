@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 from pydantic import BaseModel, Field
@@ -48,6 +48,9 @@ class ScriptedConnector:
         self.calls: Counter[str] = Counter()
         self.attempts: Counter[str] = Counter()
         self.release = asyncio.Event()
+
+    async def start(self, changed: Callable[[], None]) -> None:
+        pass
 
     def actions(self) -> Sequence[Action]:
         n = self.name
