@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 from structlog.contextvars import bound_contextvars
 
-from bot import approvals
+from bot import approvals, metrics
 from bot.audit import Redactor, verify
 from bot.errors import (
     ConcurrentUpdate,
@@ -429,7 +429,9 @@ class Engine:
             actor=record.request.requester,
             state=record.state,
         )
-        return await self.store.create(record, [event])
+        created = await self.store.create(record, [event])
+        metrics.AUDIT_EVENTS.labels(event.kind).inc()
+        return created
 
     async def _save(
         self, before: RequestRecord, after: RequestRecord, events: Sequence[AuditEvent]
@@ -439,6 +441,7 @@ class Engine:
             before.version,
             [self.redactor.model(event) for event in events],
         )
+        metrics.observe_change(before, saved, events)
         for observe in self.observers:
             observe(saved)
         return saved

@@ -7,7 +7,11 @@ request ids, users or free text.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from bot.models import AuditEvent, RequestRecord
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 """LAM's own registry, so tests and several engines in one process do not collide with
@@ -75,3 +79,35 @@ CONNECTORS_FAILED = Gauge(
     "Configured connector instances that could not start.",
     registry=REGISTRY,
 )
+
+
+TERMINAL_OUTCOMES = frozenset(
+    {"succeeded", "failed", "denied", "rejected", "expired", "cancelled", "unplanned"}
+)
+
+
+def observe_change(
+    before: RequestRecord, after: RequestRecord, events: Sequence[AuditEvent]
+) -> None:
+    """Count what one stored change of a request shows; the engine calls it per write."""
+    for event in events:
+        AUDIT_EVENTS.labels(event.kind).inc()
+        if event.tokens:
+            LLM_TOKENS.inc(event.tokens)
+        if event.kind == "request.planned":
+            for decision in after.decisions:
+                DECISIONS.labels(decision.decision).inc()
+        step = event.step
+        if (
+            event.kind == "step.finished"
+            and step is not None
+            and step.started_at is not None
+            and step.finished_at is not None
+        ):
+            STEP_DURATION.labels(step.action, step.status).observe(
+                (step.finished_at - step.started_at).total_seconds()
+            )
+    if before.state == "awaiting_approval" and after.state != "awaiting_approval":
+        APPROVAL_WAIT.observe((after.updated_at - before.updated_at).total_seconds())
+    if after.state in TERMINAL_OUTCOMES and before.state != after.state:
+        REQUESTS.labels(after.state).inc()
