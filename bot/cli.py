@@ -38,6 +38,8 @@ policy_app = typer.Typer(help="Check and test the access policy.", no_args_is_he
 audit_app = typer.Typer(help="Read and verify the audit trail.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
 app.add_typer(audit_app, name="audit")
+config_app = typer.Typer(help="Check this installation's configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
 
 T = TypeVar("T")
 
@@ -393,6 +395,39 @@ def demo(
         asyncio.run(run_demo(typer.echo, keep=keep))
     except LamError as error:
         raise _fail(error) from None
+
+
+@app.command("connectors")
+def list_connectors(json: Json = False) -> None:
+    """The configured connector instances: ready with their actions, or failed and why."""
+    from bot.config_check import ROWS, connector_rows, render_connectors
+
+    try:
+        rows = connector_rows(asyncio.run(_started_catalog(_settings())))
+    except LamError as error:
+        raise _fail(error) from None
+    typer.echo(ROWS.dump_json(rows, indent=2).decode() if json else render_connectors(rows))
+    raise typer.Exit(1 if any(row.state == "failed" for row in rows) else 0)
+
+
+@config_app.command("check")
+def config_check() -> None:
+    """Validate the settings and lam.yaml (nothing starts); print them with secrets masked."""
+    from bot.config_check import check_config, effective_config
+
+    try:
+        settings = _settings()
+        settings_dir = policy_dir(settings)
+        instances = check_config(settings)
+    except LamError as error:
+        raise _fail(error) from None
+    effective = effective_config(settings, instances)
+    effective["policy_dir"] = str(settings_dir)
+    typer.echo(console.dumps(effective))
+    problems = [instance.problem for instance in instances if instance.problem]
+    for problem in problems:
+        typer.echo(f"error: {problem}", err=True)
+    raise typer.Exit(2 if problems else 0)
 
 
 def main() -> None:

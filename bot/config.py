@@ -130,6 +130,14 @@ def load_settings() -> Settings:
     return settings
 
 
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and where (PyYAML's own spans lines)."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        return f"{error.problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(error).split())
+
+
 class LamConfig(BaseModel):
     """``lam.yaml``: the connector instances this installation runs."""
 
@@ -147,7 +155,9 @@ def load_config(path: Path | None) -> LamConfig:
     except OSError as error:
         raise ConfigError(f"LAM_CONFIG: cannot read {str(path)!r}: {error.strerror}") from error
     except yaml.YAMLError as error:
-        raise ConfigError(f"LAM_CONFIG: {str(path)!r} is not valid YAML: {error}") from error
+        raise ConfigError(
+            f"LAM_CONFIG: {str(path)!r} is not valid YAML: {yaml_problem(error)}"
+        ) from error
     try:
         return LamConfig.model_validate(raw or {})
     except ValidationError as error:

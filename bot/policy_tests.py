@@ -12,6 +12,7 @@ import yaml
 from pydantic import ValidationError, field_validator
 
 from bot._policy_files import SUBJECT_PREFIXES, read_policy_file
+from bot.config import yaml_problem
 from bot.errors import ConfigError
 from bot.models import DecisionKind, Model, Risk, Step
 from bot.policy import Policy
@@ -92,7 +93,7 @@ def load_policy_tests(path: Path) -> list[PolicyTestCase]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if isinstance(mark, yaml.Mark) else ""
-        raise ConfigError(f"{path}{line}: not valid YAML: {exc}") from exc
+        raise ConfigError(f"{path}{line}: not valid YAML: {yaml_problem(exc)}") from exc
     if not isinstance(data, list):
         raise ConfigError(f"{path}: expected a YAML list of test cases, got {type(data).__name__}")
     cases = []

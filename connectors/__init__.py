@@ -2,8 +2,9 @@
 
 from connectors._registry import (
     Catalog,
+    CheckedInstance,
     ConnectorConfig,
-    build_connectors,
+    check_connectors,
     connector_types,
     describe_validation_error,
     start_connectors,
@@ -20,10 +21,11 @@ __all__ = [
     "ActionContext",
     "ActionResult",
     "Catalog",
+    "CheckedInstance",
     "Connector",
     "ConnectorConfig",
     "Params",
-    "build_connectors",
+    "check_connectors",
     "connector_types",
     "describe_validation_error",
     "start_connectors",

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import difflib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 
 import structlog
@@ -46,18 +47,47 @@ def connector_types(builtin: Sequence[type[Connector]]) -> dict[str, type[Connec
     return found
 
 
-def build_connectors(
-    configs: Iterable[ConnectorConfig], types: Mapping[str, type[Connector]]
-) -> list[Connector]:
-    """One connector per configured instance; a bad instance stops start-up, named.
+@dataclass(frozen=True)
+class CheckedInstance:
+    """One ``lam.yaml`` instance with its validated settings, or why they are not valid."""
 
-    For tools that must refuse a bad configuration (``lam config check``); a running
-    LAM uses ``start_connectors``, which keeps the good instances.
+    config: ConnectorConfig
+    connector_type: type[Connector] | None
+    settings: BaseModel | None
+    problem: str | None
+
+
+def check_connectors(
+    configs: Iterable[ConnectorConfig], types: Mapping[str, type[Connector]]
+) -> list[CheckedInstance]:
+    """Validate every instance's type and settings (secrets resolved); nothing starts.
+
+    Two instances with one name are a configuration error: action ids would clash.
     """
-    connectors, failures, _ = _build(configs, types)
-    if failures:
-        raise ConfigError("; ".join(failures.values()))
-    return connectors
+    checked: list[CheckedInstance] = []
+    seen: set[str] = set()
+    for config in configs:
+        if config.name in seen:
+            raise ConfigError(f"connector name {config.name!r} is used twice in lam.yaml")
+        seen.add(config.name)
+        connector_type = types.get(config.type)
+        if connector_type is None:
+            problem = (
+                f"connector {config.name!r} has unknown type {config.type!r};"
+                f" known types: {', '.join(sorted(types))}"
+            )
+            checked.append(CheckedInstance(config, None, None, problem))
+            continue
+        try:
+            settings = connector_type.Settings.model_validate(config.settings)
+        except ValidationError as error:
+            problem = f"connector {config.name!r} ({config.type}): " + "; ".join(
+                describe_validation_error(e) for e in error.errors()
+            )
+            checked.append(CheckedInstance(config, connector_type, None, problem))
+            continue
+        checked.append(CheckedInstance(config, connector_type, settings, None))
+    return checked
 
 
 def _build(
@@ -66,28 +96,16 @@ def _build(
     connectors: list[Connector] = []
     failures: dict[str, str] = {}
     secrets: list[str] = []
-    seen: set[str] = set()
-    for config in configs:
-        if config.name in seen:
-            raise ConfigError(f"connector name {config.name!r} is used twice in lam.yaml")
-        seen.add(config.name)
-        connector_type = types.get(config.type)
-        if connector_type is None:
-            failures[config.name] = (
-                f"connector {config.name!r} has unknown type {config.type!r};"
-                f" known types: {', '.join(sorted(types))}"
-            )
+    for instance in check_connectors(configs, types):
+        name = instance.config.name
+        if instance.problem is not None or instance.connector_type is None:
+            failures[name] = instance.problem or f"connector {name!r} is not valid"
             continue
+        secrets.extend(secret_values(instance.settings))
         try:
-            settings = connector_type.Settings.model_validate(config.settings)
-            secrets.extend(secret_values(settings))
-            connectors.append(connector_type(config.name, settings))
-        except ValidationError as error:
-            failures[config.name] = f"connector {config.name!r} ({config.type}): " + "; ".join(
-                describe_validation_error(e) for e in error.errors()
-            )
+            connectors.append(instance.connector_type(name, instance.settings))
         except ConfigError as error:
-            failures[config.name] = f"connector {config.name!r} ({config.type}): {error}"
+            failures[name] = f"connector {name!r} ({instance.config.type}): {error}"
     return connectors, failures, secrets
 
 
