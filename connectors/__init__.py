@@ -10,10 +10,15 @@ from connectors._registry import (
     start_connectors,
 )
 from connectors.base import Action, ActionContext, ActionResult, Connector, Params
+from connectors.http import HttpConnector
 from connectors.postgres import PostgresConnector
 from connectors.shell import ShellConnector
 
-BUILTIN_CONNECTORS: tuple[type[Connector], ...] = (ShellConnector, PostgresConnector)
+BUILTIN_CONNECTORS: tuple[type[Connector], ...] = (
+    ShellConnector,
+    HttpConnector,
+    PostgresConnector,
+)
 """Connector types LAM ships; others register under the entry-point group ``lam.connectors``."""
 
 __all__ = [
