@@ -11,12 +11,14 @@ from connectors._registry import (
 )
 from connectors.base import Action, ActionContext, ActionResult, Connector, Params
 from connectors.http import HttpConnector
+from connectors.mcp import McpConnector
 from connectors.postgres import PostgresConnector
 from connectors.shell import ShellConnector
 
 BUILTIN_CONNECTORS: tuple[type[Connector], ...] = (
     ShellConnector,
     HttpConnector,
+    McpConnector,
     PostgresConnector,
 )
 """Connector types LAM ships; others register under the entry-point group ``lam.connectors``."""
