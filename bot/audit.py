@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 from pydantic import BaseModel, JsonValue
 
 from bot.errors import AuditChainBroken
 from bot.models import AuditEvent, canonical_json, sha256_hex
+
+if TYPE_CHECKING:
+    from bot.store import Store
 
 GENESIS_HASH = ""
 MASK = "***"
@@ -95,6 +98,20 @@ async def verify(
     if last == head_seq and prev_hash != head_hash:
         raise AuditChainBroken(last, "does not match the recorded head hash")
     return last - start_seq
+
+
+async def verify_store(store: Store) -> int:
+    """Verify a store's whole audit trail as ``lam audit verify`` does; see ``verify``.
+
+    Retention may have removed the oldest events: the chain goes on from the checkpoint.
+    """
+    head = await store.audit_head()
+    return await verify(
+        store.audit_events(),
+        head,
+        start=await store.audit_checkpoint(),
+        head_after=store.audit_head,
+    )
 
 
 class Redactor:

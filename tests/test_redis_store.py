@@ -13,7 +13,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import WatchError
 
-from bot.audit import GENESIS_HASH, verify
+from bot.audit import GENESIS_HASH, verify, verify_store
 from bot.errors import AuditChainBroken, ConfigError, StoreUnavailable, UnknownRequest
 from bot.models import AuditEvent, Intent, Plan, RequestRecord, State, Step
 from bot.store import redis as redis_module
@@ -64,9 +64,7 @@ async def chain_of(store: RedisStore, length: int) -> RequestRecord:
 
 async def verify_from(store: RedisStore) -> int:
     """The chain verified from the store's checkpoint, as ``lam audit verify`` does."""
-    return await verify(
-        store.audit_events(), await store.audit_head(), start=await store.audit_checkpoint()
-    )
+    return await verify_store(store)
 
 
 async def rewrite_entry(raw: aioredis.Redis, key: str, seq: int, **changes: Any) -> None:
