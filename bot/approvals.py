@@ -8,11 +8,11 @@ approver is authorised again by policy at the moment they decide.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from bot.errors import IllegalTransition, InvalidInput, PolicyDenied
 from bot.lifecycle import DESCRIPTIONS, advance
-from bot.models import Approval, AuditEvent, RequestRecord
+from bot.models import Approval, AuditEvent, RequestRecord, Step
 from bot.policy import Policy
 from bot.text import normalise
 
@@ -48,6 +48,51 @@ def valid_approvals(record: RequestRecord) -> list[Approval]:
             seen.add(approval.approver)
             valid.append(approval)
     return valid
+
+
+def verdict(
+    planned: RequestRecord, *, now: datetime, ttl: timedelta
+) -> tuple[RequestRecord, AuditEvent]:
+    """Denied if any step is denied, else awaiting approval if any needs it, else approved."""
+    denied = [d for d in planned.decisions if d.decision == "deny"]
+    if denied:
+        first = denied[0]
+        return advance(
+            planned,
+            "denied",
+            "request.denied",
+            "lam",
+            reason=f"step {first.step_id} ({first.action}) is denied: {first.rule}",
+        )
+    if any(d.decision == "needs_approval" for d in planned.decisions):
+        return advance(
+            planned, "awaiting_approval", "request.awaiting_approval", "lam", expires_at=now + ttl
+        )
+    return advance(planned, "approved", "request.approved", "lam")
+
+
+def recheck(policy: Policy, record: RequestRecord, step: Step) -> str | None:
+    """Why ``step`` may not run now after all (policy changed since approval), or ``None``."""
+    decision = policy.decide(record.request.requester, step, groups=record.request.groups)
+    if decision.decision == "deny":
+        return f"policy no longer allows this step: {decision.rule}"
+    if decision.decision == "needs_approval":
+        have = len(valid_approvals(record))
+        need = max(1, decision.approvals_required)
+        if have < need:
+            return (
+                f"this step now needs {need} approval(s) and has {have}: {decision.rule}; ask again"
+            )
+    return None
+
+
+def may_approve_all(
+    policy: Policy, subject: str, record: RequestRecord, groups: Sequence[str] = ()
+) -> bool:
+    """Whether ``subject`` may approve every step of the plan (a request without one: no)."""
+    if record.plan is None:
+        return False
+    return all(policy.may_approve(subject, step, groups=groups)[0] for step in record.plan.steps)
 
 
 def expire_if_due(record: RequestRecord, now: datetime) -> tuple[RequestRecord, AuditEvent] | None:

@@ -17,6 +17,7 @@ from bot.models import (
     TERMINAL_STATES,
     AuditEvent,
     Decision,
+    Plan,
     Request,
     RequestRecord,
     Step,
@@ -28,6 +29,7 @@ from connectors import Catalog
 EXIT_CODES = {
     "succeeded": 0,
     "awaiting_approval": 0,
+    "clarifying": 0,
     "approved": 0,
     "executing": 0,
     "cancelled": 0,
@@ -45,11 +47,48 @@ def exit_code(record: RequestRecord) -> int:
 
 def as_json(record: RequestRecord) -> dict[str, JsonValue]:
     """The machine-readable form of a request, as ``--json`` prints it."""
-    decisions = {d.step_id: d for d in record.decisions}
+    return {
+        "id": record.id,
+        "state": record.state,
+        "text": record.request.text,
+        "requester": record.request.requester,
+        "environment": record.intent.environment if record.intent else None,
+        "dry_run": record.plan.dry_run if record.plan else record.request.dry_run,
+        "plan_hash": record.plan.plan_hash if record.plan else None,
+        "reason": record.reason,
+        "suggestions": list(record.suggestions),
+        "question": record.question,
+        "conversation": [
+            {"question": turn.question, "answer": turn.answer} for turn in record.conversation
+        ],
+        "steps": _steps_json(record.plan, record.decisions, record.results),
+        "approvals": [a.model_dump(mode="json") for a in record.approvals],
+        "approvals_needed": approvals_needed(record),
+        "revisions": record.revisions,
+        "previous": [
+            {
+                "plan_hash": attempt.plan.plan_hash,
+                "failure": attempt.failure,
+                "steps": _steps_json(attempt.plan, attempt.decisions, attempt.results),
+                "approvals": [a.model_dump(mode="json") for a in attempt.approvals],
+            }
+            for attempt in record.previous
+        ],
+        "expires_at": record.expires_at.isoformat() if record.expires_at else None,
+        "received_at": record.request.received_at.isoformat(),
+        "updated_at": record.updated_at.isoformat(),
+    }
+
+
+def _steps_json(
+    plan: Plan | None, decisions: Iterable[Decision], results: Iterable[StepResult]
+) -> list[JsonValue]:
+    by_step = {d.step_id: d for d in decisions}
+    result_of = {r.step_id: r for r in results}
     steps: list[JsonValue] = []
-    for step in record.plan.steps if record.plan else ():
-        decision = decisions.get(step.id)
-        result = record.result_of(step.id)
+    for step in plan.steps if plan else ():
+        decision = by_step.get(step.id)
+        result = result_of.get(step.id)
         steps.append(
             {
                 "id": step.id,
@@ -69,23 +108,7 @@ def as_json(record: RequestRecord) -> dict[str, JsonValue]:
                 "sandboxed": result.sandboxed if result else None,
             }
         )
-    return {
-        "id": record.id,
-        "state": record.state,
-        "text": record.request.text,
-        "requester": record.request.requester,
-        "environment": record.intent.environment if record.intent else None,
-        "dry_run": record.plan.dry_run if record.plan else record.request.dry_run,
-        "plan_hash": record.plan.plan_hash if record.plan else None,
-        "reason": record.reason,
-        "suggestions": list(record.suggestions),
-        "steps": steps,
-        "approvals": [a.model_dump(mode="json") for a in record.approvals],
-        "approvals_needed": approvals_needed(record),
-        "expires_at": record.expires_at.isoformat() if record.expires_at else None,
-        "received_at": record.request.received_at.isoformat(),
-        "updated_at": record.updated_at.isoformat(),
-    }
+    return steps
 
 
 def dumps(value: JsonValue) -> str:
@@ -99,6 +122,20 @@ def render(record: RequestRecord) -> str:
     lines.append(f"  {record.request.requester} asked{where}: {record.request.text!r}")
     if record.plan is not None and record.plan.dry_run:
         lines.append("  dry run: actions report what they would do and change nothing")
+    for turn in record.conversation:
+        lines.append(f"  LAM asked: {turn.question}")
+        lines.append(f"  answered: {turn.answer}")
+    if record.state == "clarifying" and record.question:
+        deadline = f" by {record.expires_at:%Y-%m-%d %H:%M} UTC" if record.expires_at else ""
+        lines.append(f"  LAM asks: {record.question}")
+        lines.append(f"  answer{deadline}: lam answer {record.id} '<your answer>' --as <you>")
+    for number, attempt in enumerate(record.previous, start=1):
+        lines.append(f"  plan {number} (revised after it failed: {attempt.failure}):")
+        for step in attempt.plan.steps:
+            result = next((r for r in attempt.results if r.step_id == step.id), None)
+            lines.append(f"    {step.id}  {step.action}  {result.status if result else 'not run'}")
+    if record.previous:
+        lines.append(f"  plan {len(record.previous) + 1}:")
     decisions = {d.step_id: d for d in record.decisions}
     not_run = "not run" if record.state in TERMINAL_STATES else "pending"
     for step in record.plan.steps if record.plan else ():
@@ -180,7 +217,10 @@ def render_event(event: AuditEvent) -> str:
 
 
 CHAT_HELP = """\
-Type a request, e.g. 'disk usage in staging' or 'run shell.uptime'. Commands:
+Type a request, e.g. 'disk usage in staging' or 'run shell.uptime'. When LAM asks a
+question about your request, the next line you type answers it. Commands:
+  /answer ID TEXT                 answer LAM's question about request ID
+  /ask TEXT                       a new request, even while LAM waits for an answer
   /approve ID as USER             approve a request as another user
   /reject ID as USER because WHY  reject it, with a reason
   /cancel ID                      cancel your request while it waits
@@ -193,13 +233,16 @@ Type a request, e.g. 'disk usage in staging' or 'run shell.uptime'. Commands:
 async def chat(engine: Engine, requester: str, read: Callable[[str], str], out: TextIO) -> None:
     """A read-eval-print loop over the engine; ``read`` raises EOFError to end it.
 
-    ``read`` blocks, so it runs in a thread: the event loop stays free for background
-    work such as reloading policy.
+    While a request of the requester waits for an answer, a line that is not a command
+    answers it: the conversation continues the same request. ``read`` blocks, so it runs
+    in a thread: the event loop stays free for background work such as reloading policy.
     """
     print(f"LAM console as {requester}. /help for commands.", file=out)
+    # The request whose question the next plain line answers.
+    waiting: str | None = None
     while True:
         try:
-            line = (await asyncio.to_thread(read, "lam> ")).strip()
+            line = (await asyncio.to_thread(read, "answer> " if waiting else "lam> ")).strip()
         except (EOFError, KeyboardInterrupt):
             print(file=out)
             return
@@ -208,35 +251,61 @@ async def chat(engine: Engine, requester: str, read: Callable[[str], str], out: 
         if line in ("/quit", "/exit"):
             return
         try:
-            print(await _chat_line(engine, requester, line), file=out)
+            text, record = await _chat_line(engine, requester, line, waiting)
         except LamError as error:
             print(f"error: {error}", file=out)
+            if waiting is not None and (await engine.show(waiting)).state != "clarifying":
+                waiting = None
+            continue
+        print(text, file=out)
+        if record is None:
+            continue
+        if record.state == "clarifying" and record.request.requester == requester:
+            waiting = record.id
+            print(f"Your next line answers this; /cancel {record.id} drops the request.", file=out)
+        elif record.id == waiting:
+            waiting = None
 
 
-async def _chat_line(engine: Engine, requester: str, line: str) -> str:
+async def _chat_line(
+    engine: Engine, requester: str, line: str, waiting: str | None
+) -> tuple[str, RequestRecord | None]:
+    """What to print for one line, and the request it changed or showed (if any)."""
     if not line.startswith("/"):
-        return render(await engine.ask(Request(text=line, requester=requester)))
+        if waiting is not None:
+            return _shown(await engine.answer(waiting, requester, line))
+        return _shown(await engine.ask(Request(text=line, requester=requester)))
     command, _, rest = line[1:].partition(" ")
     rest = rest.strip()
     if command == "help":
-        return CHAT_HELP
+        return CHAT_HELP, None
     if command == "actions":
-        return render_actions(engine.catalog)
+        return render_actions(engine.catalog), None
     if command == "history":
-        return render_history(await engine.history(requester=requester))
+        return render_history(await engine.history(requester=requester)), None
+    if command == "ask" and rest:
+        return _shown(await engine.ask(Request(text=rest, requester=requester)))
+    if command == "answer":
+        request_id, _, answer = rest.partition(" ")
+        if request_id and answer.strip():
+            return _shown(await engine.answer(request_id, requester, answer.strip()))
     if command == "show" and rest:
-        return render(await engine.show(rest))
+        return _shown(await engine.show(rest))
     if command == "cancel" and rest:
-        return render(await engine.cancel(rest, requester))
+        return _shown(await engine.cancel(rest, requester))
     if command == "approve":
         request_id, _, who = rest.partition(" as ")
         if request_id and who:
-            return render(await engine.approve(request_id.strip(), as_subject(who.strip())))
+            return _shown(await engine.approve(request_id.strip(), as_subject(who.strip())))
     if command == "reject":
         head, _, reason = rest.partition(" because ")
         request_id, _, who = head.partition(" as ")
         if request_id and who and reason:
-            return render(
+            return _shown(
                 await engine.reject(request_id.strip(), as_subject(who.strip()), reason.strip())
             )
-    return f"unknown or incomplete command {line!r}\n{CHAT_HELP}"
+    return f"unknown or incomplete command {line!r}\n{CHAT_HELP}", None
+
+
+def _shown(record: RequestRecord) -> tuple[str, RequestRecord]:
+    return render(record), record

@@ -16,17 +16,18 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from bot import approvals, metrics
-from bot.audit import Redactor, verify
+from bot.audit import Redactor, verify_store
 from bot.errors import (
     ConcurrentUpdate,
     DuplicateRequest,
     IllegalTransition,
     InvalidInput,
+    LamError,
     NoPlan,
     PolicyDenied,
     UnknownAction,
 )
-from bot.execution import ExecutionOptions, execute
+from bot.execution import ExecutionOptions, StepFailure, execute
 from bot.intent import understand
 from bot.jobs import JobQueue
 from bot.lifecycle import DESCRIPTIONS, advance
@@ -34,16 +35,13 @@ from bot.models import (
     AuditEvent,
     EventKind,
     Intent,
-    Plan,
     Request,
     RequestRecord,
     State,
-    Step,
     StepResult,
     utcnow,
 )
-from bot.planning import Planner
-from bot.planning.aliases import AliasPlanner
+from bot.planning import Planner, clarification, governed, revision
 from bot.planning.llm import ClarificationNeeded, metered
 from bot.policy import Policy
 from bot.store import Store
@@ -62,6 +60,11 @@ class EngineOptions:
     execution: ExecutionOptions = field(default_factory=ExecutionOptions)
     dedupe_ttl: timedelta = timedelta(hours=1)
     """How long a dedupe key passed to ``Engine.ask`` keeps a second delivery out."""
+    max_clarifications: int = 3
+    """Questions the planner may ask about one request; 0 ends a question-asking request
+    as ``unplanned``. A question waits for its answer as long as ``approval_ttl``."""
+    max_revisions: int = 2
+    """Times a request's plan may be revised after a failed step; 0 never revises."""
 
 
 class Engine:
@@ -82,7 +85,6 @@ class Engine:
         self.planner = planner
         self.options = options or EngineOptions()
         self.redactor = redactor or Redactor()
-        self._explainer = AliasPlanner()
         self.jobs = jobs
         """Where approved requests go; ``None`` runs them in the approving process."""
         self.observers: list[Callable[[RequestRecord], None]] = []
@@ -92,8 +94,9 @@ class Engine:
     async def ask(self, request: Request, *, dedupe_key: str | None = None) -> RequestRecord:
         """Record a request, plan it, decide each step, and run it if nothing needs approval.
 
-        Returns the request as it ended up: ``unplanned`` (with the reason and the
-        closest actions), ``denied``, ``awaiting_approval``, or finished.
+        Returns the request as it ended up: ``clarifying`` (the planner's question in
+        ``question``; see ``answer``), ``unplanned`` (with the reason and the closest
+        actions), ``denied``, ``awaiting_approval``, or finished.
 
         ``dedupe_key`` names the delivery (a Slack event id): when another request holds
         it (for ``EngineOptions.dedupe_ttl``), this one raises ``DuplicateRequest`` naming
@@ -109,34 +112,68 @@ class Engine:
                 log.info("request.duplicate", dedupe_key=dedupe_key, owner=owner)
                 raise DuplicateRequest(dedupe_key, owner)
         record = await self._store_new(RequestRecord(request=request))
+        try:
+            intent = understand(
+                request,
+                environments=self.options.environments,
+                default_environment=self.options.default_environment,
+            )
+        except InvalidInput as error:
+            return await self._unplanned(record, error)
+        return await self._plan_and_decide(record, intent)
 
+    async def answer(
+        self, request_id: str, answerer: str, text: str, *, groups: Sequence[str] = ()
+    ) -> RequestRecord:
+        """Answer the planner's question about a request; the same request is planned again.
+
+        Only the requester may answer (else ``PolicyDenied``), only while the request is
+        ``clarifying`` (else ``IllegalTransition``); a refused answer changes nothing.
+        The answer and every earlier one reach the model as data, and the new plan meets
+        policy like any other. Returns the request as it ended up, as ``ask`` does; it
+        may be ``clarifying`` again.
+
+        ``groups``: the answerer's directory groups now. Planning keeps the groups the
+        requester had when they asked, as every later check of this request does.
+        """
+        with bound_contextvars(request_id=request_id, answerer=answerer):
+            while True:
+                record = await self.show(request_id)
+                answered, event = clarification.answer(
+                    record, answerer, text, environments=self.options.environments, now=utcnow()
+                )
+                try:
+                    record = await self._save(record, answered, [event])
+                    break
+                except ConcurrentUpdate:
+                    # Answered or cancelled meanwhile: decide again on what is stored.
+                    continue
+            assert record.intent is not None
+            log.info("request.answered", answers=len(record.conversation))
+            return await self._plan_and_decide(record, record.intent)
+
+    async def _plan_and_decide(self, record: RequestRecord, intent: Intent) -> RequestRecord:
+        """Plan a ``received`` request; then ask, refuse, or apply policy's verdict."""
+        request = record.request
         with metered() as usage:
             try:
-                intent = understand(
-                    request,
-                    environments=self.options.environments,
-                    default_environment=self.options.default_environment,
+                proposed = await governed.plan(
+                    self.planner, self.policy, self.catalog, intent, request.groups
                 )
-                plan = self.redactor.model(await self._plan(intent, request.groups))
-            except (InvalidInput, NoPlan, ClarificationNeeded) as error:
-                # A question from the model ends this request; the person's answer, in
-                # the same thread, arrives as a new request with the thread as context.
-                suggestions = error.suggestions if isinstance(error, NoPlan | UnknownAction) else []
-                log.info("request.unplanned", reason=str(error))
-                return await self._commit(
+            except ClarificationNeeded as asked:
+                log.info("request.clarifying", question=asked.question)
+                clarifying, event = clarification.ask(
                     record,
-                    "unplanned",
-                    "request.unplanned",
-                    actor=SYSTEM_ACTOR,
-                    reason=str(error),
+                    intent,
+                    asked.question,
+                    limit=self.options.max_clarifications,
+                    expires_at=utcnow() + self.options.approval_ttl,
                     tokens=usage.total_tokens or None,
-                    suggestions=tuple(suggestions),
                 )
-
-        decisions = tuple(
-            self.policy.decide(request.requester, step, groups=request.groups)
-            for step in plan.steps
-        )
+                return await self._save(record, clarifying, [event])
+            except (InvalidInput, NoPlan) as error:
+                return await self._unplanned(record, error, tokens=usage.total_tokens or None)
+        plan = self.redactor.model(proposed)
         planned, planned_event = advance(
             record,
             "planned",
@@ -145,68 +182,47 @@ class Engine:
             tokens=usage.total_tokens or None,
             intent=intent,
             plan=plan,
-            decisions=decisions,
+            decisions=governed.decide(self.policy, request, plan),
         )
+        return await self._settle(record, planned, planned_event)
+
+    async def _unplanned(
+        self, record: RequestRecord, error: LamError, *, tokens: int | None = None
+    ) -> RequestRecord:
+        suggestions = error.suggestions if isinstance(error, NoPlan | UnknownAction) else []
+        log.info("request.unplanned", reason=str(error))
+        return await self._commit(
+            record,
+            "unplanned",
+            "request.unplanned",
+            actor=SYSTEM_ACTOR,
+            reason=str(error),
+            tokens=tokens,
+            suggestions=tuple(suggestions),
+        )
+
+    async def _settle(
+        self, before: RequestRecord, planned: RequestRecord, planned_event: AuditEvent
+    ) -> RequestRecord:
+        """Store a ``planned`` request with policy's verdict; run or queue it if approved."""
         # The plan, its verdict and (when nothing needs approval) the start of execution
         # are stored in one write: each has its own audit event, and none can exist
         # without the others.
-        outcome, outcome_event = self._verdict(planned)
+        outcome, outcome_event = approvals.verdict(
+            planned, now=utcnow(), ttl=self.options.approval_ttl
+        )
         events = [planned_event, outcome_event]
         if outcome.state == "approved" and self.jobs is None:
             outcome, executing_event = advance(
                 outcome, "executing", "request.executing", SYSTEM_ACTOR
             )
             events.append(executing_event)
-        record = await self._save(record, outcome, events)
+        record = await self._save(before, outcome, events)
         if record.state == "executing":
             return await self._run(record)
         if record.state == "approved":
             return await self._dispatch(record)
         return record
-
-    async def _plan(self, intent: Intent, groups: Sequence[str] = ()) -> Plan:
-        """Plan with only the actions the requester may run or request in that environment.
-
-        When nothing permitted matches, the offline phrasings are tried against every
-        action, so a request for something forbidden is answered with the rule that
-        forbids it instead of "I don't know how"; policy then denies it like any step.
-        No model ever sees a forbidden action.
-        """
-        ids = self.policy.permitted_actions(
-            intent.requester,
-            intent.environment,
-            (action.id for action in self.catalog),
-            groups=groups,
-        )
-        try:
-            return await self.planner.plan(intent, self.catalog.restricted(ids))
-        except (NoPlan, UnknownAction) as unplanned:
-            try:
-                return await self._explainer.plan(intent, self.catalog)
-            except (NoPlan, InvalidInput):
-                raise unplanned from None
-
-    def _verdict(self, planned: RequestRecord) -> tuple[RequestRecord, AuditEvent]:
-        """Denied if any step is denied, else awaiting approval if any needs it, else approved."""
-        denied = [d for d in planned.decisions if d.decision == "deny"]
-        if denied:
-            first = denied[0]
-            return advance(
-                planned,
-                "denied",
-                "request.denied",
-                SYSTEM_ACTOR,
-                reason=f"step {first.step_id} ({first.action}) is denied: {first.rule}",
-            )
-        if any(d.decision == "needs_approval" for d in planned.decisions):
-            return advance(
-                planned,
-                "awaiting_approval",
-                "request.awaiting_approval",
-                SYSTEM_ACTOR,
-                expires_at=utcnow() + self.options.approval_ttl,
-            )
-        return advance(planned, "approved", "request.approved", SYSTEM_ACTOR)
 
     async def approve(
         self, request_id: str, approver: str, *, groups: Sequence[str] = ()
@@ -270,11 +286,14 @@ class Engine:
     async def cancel(
         self, request_id: str, actor: str, *, groups: Sequence[str] = ()
     ) -> RequestRecord:
-        """Cancel a request that has not started running; the requester or an approver may."""
+        """Cancel a request that has not started running; the requester or an approver may.
+
+        A request waiting for an answer has no plan to approve: only its requester may.
+        """
         while True:
             record = await self.show(request_id)
-            if actor != record.request.requester and not self._may_approve_all(
-                actor, record, groups
+            if actor != record.request.requester and not approvals.may_approve_all(
+                self.policy, actor, record, groups
             ):
                 raise PolicyDenied(
                     f"only the requester or an approver may cancel request {request_id}"
@@ -323,18 +342,44 @@ class Engine:
         return await self._run(record)
 
     async def _run(self, record: RequestRecord) -> RequestRecord:
-        return await execute(
+        record, failure = await execute(
             record,
             catalog=self.catalog,
-            guard=self._guard,
+            guard=lambda current, step: approvals.recheck(self.policy, current, step),
             commit=self._commit,
             options=self.options.execution,
         )
+        if failure is None:
+            return await self._commit(record, "succeeded", "request.succeeded")
+        return await self._revise_or_fail(record, failure)
+
+    async def _revise_or_fail(self, record: RequestRecord, failure: StepFailure) -> RequestRecord:
+        """Have the plan revised after a failed step, within the bound; else fail the request.
+
+        The revision is a new plan: policy decides it again and, where a step needs
+        approval, it waits for approvals of its own. When the planner cannot or will not
+        revise, the request fails with the step's failure.
+        """
+        final = revision.refusal(record, failure, limit=self.options.max_revisions)
+        if final is not None:
+            return await self._commit(record, "failed", "request.failed", reason=final)
+        assert record.intent is not None
+        catalog = governed.permitted(
+            self.policy, self.catalog, record.intent, record.request.groups
+        )
+        proposal = await revision.propose(self.planner, record, catalog, failure)
+        if proposal.plan is None:
+            return await self._commit(
+                record, "failed", "request.failed", reason=proposal.reason, tokens=proposal.tokens
+            )
+        plan = self.redactor.model(proposal.plan)
+        decisions = governed.decide(self.policy, record.request, plan)
+        planned, event = revision.revised(record, plan, decisions, failure, tokens=proposal.tokens)
+        return await self._settle(record, planned, event)
 
     async def verify_audit(self) -> int:
         """The number of audit events; raises ``AuditChainBroken`` at the first bad one."""
-        head = await self.store.audit_head()
-        return await verify(self.store.audit_events(), head, head_after=self.store.audit_head)
+        return await verify_store(self.store)
 
     async def aclose(self) -> None:
         await self.planner.aclose()
@@ -371,32 +416,8 @@ class Engine:
                 # is stored now, so exactly one legal transition wins.
                 continue
 
-    def _guard(self, record: RequestRecord, step: Step) -> str | None:
-        """Authorise ``step`` once more right before it runs."""
-        decision = self.policy.decide(record.request.requester, step, groups=record.request.groups)
-        if decision.decision == "deny":
-            return f"policy no longer allows this step: {decision.rule}"
-        if decision.decision == "needs_approval":
-            have = len(approvals.valid_approvals(record))
-            need = max(1, decision.approvals_required)
-            if have < need:
-                return (
-                    f"this step now needs {need} approval(s) and has {have}:"
-                    f" {decision.rule}; ask again"
-                )
-        return None
-
-    def _may_approve_all(
-        self, subject: str, record: RequestRecord, groups: Sequence[str] = ()
-    ) -> bool:
-        if record.plan is None:
-            return False
-        return all(
-            self.policy.may_approve(subject, step, groups=groups)[0] for step in record.plan.steps
-        )
-
     async def _expire_if_due(self, record: RequestRecord) -> RequestRecord:
-        while (due := approvals.expire_if_due(record, utcnow())) is not None:
+        while (due := _expiry(record)) is not None:
             updated, event = due
             try:
                 return await self._save(record, updated, [event])
@@ -445,3 +466,9 @@ class Engine:
         for observe in self.observers:
             observe(saved)
         return saved
+
+
+def _expiry(record: RequestRecord) -> tuple[RequestRecord, AuditEvent] | None:
+    """The transition to ``expired`` when an approval or an answer has waited too long."""
+    now = utcnow()
+    return approvals.expire_if_due(record, now) or clarification.expire_if_due(record, now)

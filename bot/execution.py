@@ -4,6 +4,9 @@ Governance wraps every step here, in one place: right before a step runs, policy
 asked again (a role revoked after approval stops the step). Each step records that it
 started before it runs and its result after, so a redelivered run never repeats a
 finished step, and a step found ``running`` had an unknown outcome.
+
+A run that stops at a failed step hands the failure back rather than ending the request:
+the engine may have the plan revised (``StepFailure.revisable``) before it fails it.
 """
 
 from __future__ import annotations
@@ -66,6 +69,21 @@ Guard = Callable[[RequestRecord, Step], str | None]
 """Asked right before a step runs; a returned reason stops the step (and the run)."""
 
 
+@dataclass(frozen=True)
+class StepFailure:
+    """Why a run stopped at a step."""
+
+    reason: str
+    """One line for the person: ``step s2 (svc.restart) failed: ...``."""
+    result: StepResult
+    """The stopped step's result, with its error and any output."""
+    revisable: bool
+    """The step itself failed (it ran and erred, or its arguments did not resolve), so a
+    revised plan may work around it. ``False`` when policy or LAM stopped it (a revoked
+    permission, no dry-run mode), when its outcome is unknown, or when it failed in an
+    earlier delivery of the run: re-planning must never route around governance."""
+
+
 async def execute(
     record: RequestRecord,
     *,
@@ -73,39 +91,40 @@ async def execute(
     guard: Guard,
     commit: CommitFn,
     options: ExecutionOptions,
-) -> RequestRecord:
-    """Run the steps of an ``executing`` request that have not finished; end the request.
+) -> tuple[RequestRecord, StepFailure | None]:
+    """Run the steps of an ``executing`` request that have not finished.
 
     Stops at the first step that fails; the steps after it are marked skipped. Returns
-    the request in ``succeeded`` or ``failed``.
+    the request, still ``executing``, and the failure if a step failed: the caller ends
+    the request, or revises its plan first.
     """
     assert record.plan is not None and record.state == "executing"
-    failure: str | None = None
+    failure: StepFailure | None = None
     for step in record.plan.steps:
         previous = record.result_of(step.id)
         if previous is not None and previous.status in FINISHED_STEP_STATUSES:
-            if previous.status != "succeeded":
-                failure = failure or f"step {step.id} ({step.action}) {previous.status}"
+            if previous.status != "succeeded" and failure is None:
+                reason = f"step {step.id} ({step.action}) {previous.status}"
+                failure = StepFailure(reason, previous, revisable=False)
             continue
         if failure is not None:
-            record = await _finish(record, step, commit, "skipped", error=f"not run: {failure}")
+            record = await _finish(
+                record, step, commit, "skipped", error=f"not run: {failure.reason}"
+            )
             continue
         if previous is not None and previous.status == "running":
             # The worker running it stopped before recording how it ended; running it
             # again is safe only for actions that say so.
             action = catalog.get(step.action) if step.action in catalog else None
             if action is None or not action.idempotent:
-                failure = f"step {step.id} ({step.action}) was interrupted; its outcome is unknown"
+                reason = f"step {step.id} ({step.action}) was interrupted; its outcome is unknown"
                 record = await _finish(
-                    record, step, commit, "interrupted", error=failure, attempts=previous.attempts
+                    record, step, commit, "interrupted", error=reason, attempts=previous.attempts
                 )
+                failure = StepFailure(reason, _result(record, step), revisable=False)
                 continue
-        record, result = await _run_step(record, step, catalog, guard, commit, options)
-        if result.status != "succeeded":
-            failure = f"step {step.id} ({step.action}) failed: {result.error}"
-    if failure is not None:
-        return await commit(record, "failed", "request.failed", reason=failure)
-    return await commit(record, "succeeded", "request.succeeded")
+        record, failure = await _run_step(record, step, catalog, guard, commit, options)
+    return record, failure
 
 
 async def _run_step(
@@ -115,7 +134,7 @@ async def _run_step(
     guard: Guard,
     commit: CommitFn,
     options: ExecutionOptions,
-) -> tuple[RequestRecord, StepResult]:
+) -> tuple[RequestRecord, StepFailure | None]:
     dry_run = record.plan is not None and record.plan.dry_run
     try:
         action = catalog.get(step.action)
@@ -123,7 +142,7 @@ async def _run_step(
         params = catalog.validate(step.action, args)
     except (UnknownAction, InvalidArguments, InvalidReference) as error:
         record = await _finish(record, step, commit, "failed", error=str(error))
-        return record, _result(record, step)
+        return record, _failure(record, step, revisable=True)
     # Values taken from earlier steps' output are tool data: policy checks the step as
     # it will really run, resolved resource included.
     step = step.model_copy(
@@ -134,7 +153,7 @@ async def _run_step(
         refusal = f"{step.action!r} has no dry-run mode; nothing was run"
     if refusal is not None:
         record = await _finish(record, step, commit, "failed", error=refusal)
-        return record, _result(record, step)
+        return record, _failure(record, step, revisable=False)
 
     started = StepResult(
         step_id=step.id,
@@ -180,7 +199,7 @@ async def _run_step(
                 }
             )
             record = await _record(record, finished, commit, "step.finished")
-            return record, finished
+            return record, None
         if retryable and attempts < options.max_attempts:
             delay = backoff_delay(attempts, options)
             bound.warning("step.retrying", attempt=attempts, error=problem, delay=round(delay, 3))
@@ -197,7 +216,7 @@ async def _run_step(
             }
         )
         record = await _record(record, failed_result, commit, "step.finished")
-        return record, failed_result
+        return record, _failure(record, step, revisable=True)
 
 
 def _capped_data(data: JsonValue, limit: int) -> JsonValue:
@@ -253,3 +272,9 @@ def _result(record: RequestRecord, step: Step) -> StepResult:
     result = record.result_of(step.id)
     assert result is not None
     return result
+
+
+def _failure(record: RequestRecord, step: Step, *, revisable: bool) -> StepFailure:
+    result = _result(record, step)
+    reason = f"step {step.id} ({step.action}) failed: {result.error}"
+    return StepFailure(reason, result, revisable=revisable)

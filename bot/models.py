@@ -16,6 +16,7 @@ DecisionKind = Literal["allow", "needs_approval", "deny"]
 Verdict = Literal["approved", "rejected"]
 State = Literal[
     "received",
+    "clarifying",
     "unplanned",
     "planned",
     "denied",
@@ -33,8 +34,11 @@ StepStatus = Literal[
 ]
 EventKind = Literal[
     "request.received",
+    "request.clarifying",
+    "request.answered",
     "request.unplanned",
     "request.planned",
+    "request.revised",
     "request.denied",
     "request.awaiting_approval",
     "approval.granted",
@@ -100,6 +104,17 @@ class Request(Model):
     received_at: datetime = Field(default_factory=utcnow)
 
 
+class Turn(Model):
+    """One question the planner put to the requester, and their answer."""
+
+    question: str
+    """As the model wrote it: redacted, on one line, capped."""
+    answer: str
+    """As the requester wrote it, normalised like request text."""
+    asked_at: datetime
+    answered_at: datetime = Field(default_factory=utcnow)
+
+
 class Intent(Model):
     """The goal of a request with its constraints, separated from how it was phrased."""
 
@@ -111,6 +126,8 @@ class Intent(Model):
     requester: str
     channel: str | None = None
     thread: str | None = None
+    conversation: tuple[Turn, ...] = ()
+    """The planner's questions about this request and the requester's answers, oldest first."""
 
 
 class Step(Model):
@@ -128,6 +145,10 @@ class Plan(Model):
     steps: tuple[Step, ...]
     planner: str
     dry_run: bool = False
+    revision: int = 0
+    """0 for a request's first plan, n for its n-th revision after a failed step. It is
+    hashed, so a revision that repeats a step is still a new plan: it needs approvals of
+    its own, and its steps get new idempotency keys."""
 
     @model_validator(mode="after")
     def _steps_run_in_order(self) -> Plan:
@@ -146,8 +167,13 @@ class Plan(Model):
 
     @property
     def plan_hash(self) -> str:
-        """sha256 of the canonical plan; approvals are bound to it."""
-        return sha256_hex(canonical_json(self))
+        """sha256 of the canonical plan; approvals are bound to it.
+
+        A first plan is hashed without ``revision``, as plans were before it existed, so
+        the approvals stored with them stay bound.
+        """
+        data = self.model_dump(mode="json", exclude={"revision"} if not self.revision else None)
+        return sha256_hex(canonical_json(data))
 
 
 class Decision(Model):
@@ -189,8 +215,24 @@ class StepResult(Model):
     finished_at: datetime | None = None
 
 
+class PlanAttempt(Model):
+    """A plan of the request that failed and was revised: what was decided and what ran."""
+
+    plan: Plan
+    decisions: tuple[Decision, ...] = ()
+    approvals: tuple[Approval, ...] = ()
+    """Bound to this plan's hash: none of them approves a later plan."""
+    results: tuple[StepResult, ...] = ()
+    failure: str
+    """The failure that made LAM revise it."""
+
+
 class RequestRecord(Model):
-    """Everything LAM knows about one request; the store keeps exactly this."""
+    """Everything LAM knows about one request; the store keeps exactly this.
+
+    Every field added after records were first stored has a default, so older records
+    load unchanged.
+    """
 
     request: Request
     state: State = "received"
@@ -205,7 +247,19 @@ class RequestRecord(Model):
     """Why the request ended where it did: the denial, rejection or failure."""
     suggestions: tuple[str, ...] = ()
     expires_at: datetime | None = None
+    """When the approval window (``awaiting_approval``) or the wait for an answer
+    (``clarifying``) closes."""
     updated_at: datetime = Field(default_factory=utcnow)
+    question: str | None = None
+    """The planner's question while the request is ``clarifying``; ``None`` otherwise."""
+    conversation: tuple[Turn, ...] = ()
+    """Questions answered so far, oldest first; planning sees them as data."""
+    revisions: int = 0
+    """How often a failed plan of this request was revised."""
+    previous: tuple[PlanAttempt, ...] = ()
+    """The plans revised away, oldest first, with their decisions, approvals and results."""
+    awaiting_since: datetime | None = None
+    """When the current plan started waiting for approval; ``None`` outside that state."""
 
     @property
     def id(self) -> str:

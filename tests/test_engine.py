@@ -12,7 +12,7 @@ from bot.approvals import ApprovalExpired
 from bot.engine import Engine
 from bot.errors import IllegalTransition, InvalidInput, PolicyDenied, UnknownRequest
 from bot.execution import ExecutionOptions
-from bot.models import AuditEvent, Request, RequestRecord
+from bot.models import AuditEvent, Request, RequestRecord, canonical_json, sha256_hex
 from bot.policy import Policy
 from tests.conftest import APPROVERS, ENGINE_POLICY, EngineFactory, write_policy
 from tests.support.actions import ScriptedConnector
@@ -367,3 +367,33 @@ async def test_a_resolved_argument_is_validated_and_authorised_again(
     assert record.state == "failed"
     assert "service: String should match pattern" in (record.results[1].error or "")
     assert connector.calls["test.restart"] == 0
+
+
+async def test_records_stored_before_clarification_and_revision_load_unchanged(
+    engine: Engine,
+) -> None:
+    """A record without the newer fields loads with their defaults, and its plan hash holds."""
+    record = await engine.ask(ask("restart web in prod"))
+    assert record.plan is not None
+    stored = record.model_dump(mode="json")
+    for newer in ("question", "conversation", "revisions", "previous", "awaiting_since"):
+        del stored[newer]
+    del stored["plan"]["revision"]
+    del stored["intent"]["conversation"]
+    old = RequestRecord.model_validate(stored)
+    assert (old.question, old.conversation, old.revisions, old.previous) == (None, (), 0, ())
+    assert old.plan is not None
+    assert old.plan.plan_hash == sha256_hex(canonical_json(stored["plan"]))
+    assert old.plan.plan_hash == record.plan.plan_hash
+
+
+async def test_awaiting_since_marks_the_wait_for_approval_only(engine: Engine) -> None:
+    """The wait for approval starts when the plan needs it and is cleared when it ends."""
+    record = await engine.ask(ask("restart web in prod"))
+    assert record.state == "awaiting_approval"
+    assert record.awaiting_since is not None
+    assert record.request.received_at <= record.awaiting_since <= record.updated_at
+    one = await engine.approve(record.id, "user:bob")
+    assert (one.state, one.awaiting_since) == ("succeeded", None)
+    allowed = await engine.ask(ask("restart web in staging"))
+    assert allowed.awaiting_since is None

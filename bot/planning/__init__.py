@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from bot.models import Intent, Plan
@@ -16,7 +17,26 @@ class Planner(Protocol):
 
         Raises ``NoPlan`` (with the closest actions) when it finds none, and
         ``UnknownAction`` or ``InvalidArguments`` for an explicit request it cannot honour.
-        A planner never runs anything.
+        A planner that may ask the person (the LLM's) raises ``ClarificationNeeded``;
+        their answers come back in ``intent.conversation``. A planner never runs anything.
+        """
+        ...
+
+    async def revise(
+        self,
+        intent: Intent,
+        catalog: Catalog,
+        plan: Plan,
+        failure: str,
+        *,
+        succeeded: Sequence[str] = (),
+    ) -> Plan | None:
+        """A plan for what is left of ``intent`` after a step of ``plan`` failed.
+
+        ``failure`` is the error (and output) of the failed step, untrusted text;
+        ``succeeded`` the ids of the steps that ran. Returns ``None`` when this planner
+        cannot revise at all (the offline one), and raises ``NoPlan`` when it tried and
+        has no revision.
         """
         ...
 

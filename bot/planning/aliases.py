@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import re
 import shlex
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -96,6 +96,18 @@ class AliasPlanner:
                 )
             )
         return Plan(steps=tuple(steps), planner=self.name, dry_run=intent.dry_run)
+
+    async def revise(
+        self,
+        intent: Intent,
+        catalog: Catalog,
+        plan: Plan,
+        failure: str,
+        *,
+        succeeded: Sequence[str] = (),
+    ) -> Plan | None:
+        """``None``: phrasings cannot read an error, so a failed plan is not revised."""
+        return None
 
     async def aclose(self) -> None:
         """Nothing to release: phrasings are matched in memory."""

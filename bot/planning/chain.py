@@ -2,7 +2,9 @@
 
 A request that matches an example phrasing exactly is planned without calling any model:
 it is faster, free, and the same every time. Only a request no phrasing covers (or that
-several cover equally) goes to the LLM planner, when one is configured.
+several cover equally) goes to the LLM planner, when one is configured. A request the
+model asked about goes back to the model with the answers: the phrasings did not match
+it the first time, and only the model can read an answer in the context of its question.
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ class ChainPlanner:
         explicit ``run <action>`` that names an unknown action, are answered by the
         offline planner's error: the person said exactly what they want, and a model
         would only guess around it. ``ClarificationNeeded`` and ``NoPlan`` from the model
-        pass through.
+        pass through. An intent with a conversation goes to the model directly.
         """
         llm = self.llm
+        if intent.conversation and llm is not None:
+            return await llm.plan(intent, catalog, history=history)
         try:
             return await self.aliases.plan(intent, catalog)
         except NoPlan:
@@ -41,15 +45,19 @@ class ChainPlanner:
                 raise
         return await llm.plan(intent, catalog, history=history)
 
-    async def revise(self, intent: Intent, catalog: Catalog, plan: Plan, failure: str) -> Plan:
-        """A revised plan from the model; without one, re-planning is not possible."""
+    async def revise(
+        self,
+        intent: Intent,
+        catalog: Catalog,
+        plan: Plan,
+        failure: str,
+        *,
+        succeeded: Sequence[str] = (),
+    ) -> Plan | None:
+        """A revised plan from the model; ``None`` without one (phrasings cannot revise)."""
         if self.llm is None:
-            raise NoPlan(
-                f"the plan stopped ({failure}) and LAM cannot revise it without a model;"
-                " set LAM_MODEL (and OPENAI_API_KEY or OPENAI_BASE_URL) to let it",
-                [],
-            )
-        return await self.llm.revise(intent, catalog, plan, failure)
+            return None
+        return await self.llm.revise(intent, catalog, plan, failure, succeeded=succeeded)
 
     async def aclose(self) -> None:
         if self.llm is not None:

@@ -31,6 +31,7 @@ from openai.types.chat import (
     ChatCompletionToolMessageParam,
 )
 
+from bot import metrics
 from bot.audit import Redactor
 from bot.errors import InvalidInput, LamError, NoPlan
 from bot.models import Intent, Plan, Step
@@ -120,8 +121,9 @@ class LLMPlanner:
     async def plan(self, intent: Intent, catalog: Catalog, *, history: Sequence[str] = ()) -> Plan:
         """A plan for ``intent`` from ``catalog``'s actions, proposed by the model.
 
-        ``history`` is earlier messages of the thread, shown to the model as data.
-        Raises ``ClarificationNeeded`` when the model asks a question, ``NoPlan`` when it
+        ``history`` is earlier messages of the thread, and ``intent.conversation`` the
+        answers to earlier questions; both are shown to the model as data. Raises
+        ``ClarificationNeeded`` when the model asks a question, ``NoPlan`` when it
         proposes nothing usable within the repairs and the token budget, and
         ``ModelUnavailable`` when it cannot be asked.
         """
@@ -135,20 +137,27 @@ class LLMPlanner:
         ]
         return await self._converse(intent, catalog, messages)
 
-    async def revise(self, intent: Intent, catalog: Catalog, plan: Plan, failure: str) -> Plan:
+    async def revise(
+        self,
+        intent: Intent,
+        catalog: Catalog,
+        plan: Plan,
+        failure: str,
+        *,
+        succeeded: Sequence[str] = (),
+    ) -> Plan:
         """A revised plan after a step of ``plan`` failed with ``failure``.
 
-        The failure (a tool's output) and the previous plan are shown as data. The new
-        plan is a proposal like any other: policy and approvals decide it again, and the
-        caller bounds how often a request may be revised.
+        The failure (a tool's output) and the previous plan are shown as data; the steps
+        in ``succeeded`` are named as done. The new plan is a proposal like any other:
+        policy and approvals decide it again, and the caller bounds how often a request
+        may be revised. Raises ``NoPlan`` when the model proposes no usable revision.
         """
         nonce = _prompt.new_nonce()
+        prompt = _prompt.revision_prompt(intent, plan, failure, succeeded, nonce)
         messages: list[ChatCompletionMessageParam] = [
             {"role": "system", "content": self._redact(_prompt.system_prompt(intent))},
-            {
-                "role": "user",
-                "content": self._redact(_prompt.revision_prompt(intent, plan, failure, nonce)),
-            },
+            {"role": "user", "content": self._redact(prompt)},
         ]
         return await self._converse(intent, catalog, messages)
 
@@ -207,12 +216,13 @@ class LLMPlanner:
         where = self._where
         retries = self.options.max_retries
         try:
-            completion = await self._client.chat.completions.create(
-                model=self.options.model,
-                messages=messages,
-                tools=list(toolset.definitions),
-                tool_choice="auto",
-            )
+            with metrics.LLM_LATENCY.time():
+                completion = await self._client.chat.completions.create(
+                    model=self.options.model,
+                    messages=messages,
+                    tools=list(toolset.definitions),
+                    tool_choice="auto",
+                )
         except openai.APITimeoutError:
             raise self._unavailable(
                 f"{where} did not answer within {self.options.timeout:g}s"

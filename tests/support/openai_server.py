@@ -12,7 +12,8 @@ the client does not retry (``x-should-retry: false``) and recorded in
 ``server.failures``; ``assert_done()`` raises for those and for replies left unused.
 
 ``forbid_real_model_calls`` makes any ``openai`` client call to a non-loopback host fail
-the test: use it in an autouse fixture.
+the test: use it in an autouse fixture. ``planner_on`` is an ``LLMPlanner`` (the real
+client) talking to a running server.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 import socket
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -30,6 +32,9 @@ from typing import Any
 import openai
 import pytest
 from aiohttp import web
+
+from bot.audit import Redactor
+from bot.planning.llm import LLMOptions, LLMPlanner
 
 JSON = dict[str, Any]
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -72,6 +77,12 @@ class RecordedRequest:
 
 
 Check = Callable[[RecordedRequest], None]
+
+
+def data_blocks(prompt: str, label: str) -> list[str]:
+    """The contents of every ``label`` data block in ``prompt``, matched by its own nonce."""
+    pattern = rf"<<<DATA {label} (\w+)>>>\n(.*?)\n<<<END {label} \1>>>"
+    return [body for _, body in re.findall(pattern, prompt, re.DOTALL)]
 
 
 @dataclass(frozen=True)
@@ -257,6 +268,24 @@ class ScriptedOpenAI:
         self.failures.append(problem)
         body = {"error": {"message": problem, "type": "scripted_server", "code": "unscripted"}}
         return web.json_response(body, status=500, headers=NO_RETRY)
+
+
+MODEL = "lam-test-model"
+
+
+def planner_on(
+    server: ScriptedOpenAI, *, redactor: Redactor | None = None, **options: Any
+) -> LLMPlanner:
+    """An LLM planner on ``server`` with quick timeouts; ``options`` override ``LLMOptions``."""
+    settings: dict[str, Any] = {
+        "model": MODEL,
+        "base_url": server.base_url,
+        "api_key": "sk-lam-test-scripted",
+        "timeout": 5.0,
+        "max_retries": 2,
+        **options,
+    }
+    return LLMPlanner(LLMOptions(**settings), redactor=redactor or Redactor())
 
 
 def forbid_real_model_calls(monkeypatch: pytest.MonkeyPatch) -> None:
