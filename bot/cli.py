@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -23,7 +22,7 @@ from bot.models import Request, RequestRecord, Step
 from bot.policy import Policy
 from bot.policy_reload import PolicyReloader
 from bot.policy_tests import run_policy_tests
-from bot.runtime import run_background, worker_names
+from bot.runtime import run_worker, worker_names
 from bot.text import as_subject, normalise
 from bot.wiring import build_catalog, build_planner, close_connectors, open_engine, policy_dir
 from connectors import Catalog
@@ -120,6 +119,18 @@ def ask(
     """Ask LAM for something; it runs at once if policy allows, else waits for approval."""
     request = Request(text=text, requester=_subject(as_user), environment=env, dry_run=dry_run)
     _print_record(_with_engine(lambda engine: engine.ask(request)), json)
+
+
+@app.command()
+def answer(
+    request_id: str,
+    text: Annotated[str, typer.Argument(help="Your answer to LAM's question.")],
+    as_user: AsUser,
+    json: Json = False,
+) -> None:
+    """Answer LAM's question about your request; the same request is planned again."""
+    answerer = _subject(as_user)
+    _print_record(_with_engine(lambda engine: engine.answer(request_id, answerer, text)), json)
 
 
 @app.command()
@@ -224,10 +235,26 @@ def worker(
     concurrency: Annotated[
         int, typer.Option(min=1, max=64, help="How many jobs this process runs at once.")
     ] = 1,
+    health_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            envvar="LAM_HEALTH_PORT",
+            help="Serve /healthz, /readyz and /metrics on this port; default: none.",
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface the health port listens on.")] = "0.0.0.0",  # noqa: S104
 ) -> None:
-    """Run approved requests from the Redis job queue until SIGTERM or Ctrl-C."""
+    """Run approved requests from the Redis job queue until SIGTERM or Ctrl-C.
+
+    On SIGTERM it takes no new job and lets the one in progress finish for
+    LAM_SHUTDOWN_GRACE_SECONDS; a second signal or the end of the grace hands it back to
+    the queue unfinished. It exits 0 either way.
+    """
     try:
         settings = _settings()
+        grace = settings.lam_shutdown_grace_seconds
     except LamError as error:
         raise _fail(error) from None
     if settings.redis_url is None:
@@ -238,16 +265,11 @@ def worker(
             )
         )
     names = worker_names(name, concurrency)
-
-    async def work(engine: Engine) -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            # The job in progress finishes; a killed worker's job is reclaimed instead.
-            loop.add_signal_handler(signum, stop.set)
-        await run_background(engine, settings, stop, workers=names)
-
-    _with_engine(work)
+    _with_engine(
+        lambda engine: run_worker(
+            engine, settings, workers=names, grace=grace, health_port=health_port, host=host
+        )
+    )
 
 
 def _load_policy() -> Policy:
@@ -331,15 +353,27 @@ def audit_tail(
 @app.command()
 def serve(
     port: Annotated[
-        int, typer.Option(min=0, max=65535, help="HTTP port: /slack/events, /healthz, /readyz.")
+        int,
+        typer.Option(
+            min=0, max=65535, help="HTTP port: /slack/events, /healthz, /readyz, /metrics."
+        ),
     ] = 3000,
     health_port: Annotated[
         int | None,
-        typer.Option(min=0, max=65535, help="Socket Mode: port for /healthz, /readyz."),
+        typer.Option(
+            min=0,
+            max=65535,
+            envvar="LAM_HEALTH_PORT",
+            help="Socket Mode: port for /healthz, /readyz, /metrics; default --port.",
+        ),
     ] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "0.0.0.0",  # noqa: S104
 ) -> None:
-    """Run the Slack front: Socket Mode when SLACK_APP_TOKEN is set, else HTTP on --port."""
+    """Run the Slack front: Socket Mode when SLACK_APP_TOKEN is set, else HTTP on --port.
+
+    On SIGTERM it stops taking Slack events, lets work in progress finish for
+    LAM_SHUTDOWN_GRACE_SECONDS, posts the audit events not yet posted, and exits 0.
+    """
     from bot.slack.server import serve as serve_slack
 
     try:

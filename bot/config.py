@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     """Revised plans the model may propose for one request after a step fails."""
     lam_max_clarifications: int = Field(default=3, ge=0, le=10, alias="LAM_MAX_CLARIFICATIONS")
     """Questions the model may ask about one request before LAM gives up on it."""
+    lam_shutdown_grace_seconds: float = Field(
+        default=25.0, gt=0, le=3600, alias="LAM_SHUTDOWN_GRACE_SECONDS"
+    )
+    """Seconds running steps have to finish after SIGTERM before they are cut short."""
     lam_job_max_deliveries: int = Field(default=5, ge=1, alias="LAM_JOB_MAX_DELIVERIES")
     """Deliveries of one job before it is dead-lettered and its request failed."""
 

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("lam.jobs")
 
+HAND_BACK_TIMEOUT = 2.0
+"""Seconds a stopping worker spends telling the queue it gives a job back."""
+
 
 class Job(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -58,6 +61,18 @@ class JobQueue(Protocol):
         """Move a job that keeps failing to the dead-letter stream, out of the queue."""
         ...
 
+    async def release(self, job: Job, consumer: str, *, started: bool) -> None:
+        """Hand a job back unfinished, for any worker to take at once (a worker stopping).
+
+        A job that was never ``started`` keeps the delivery count it had before this
+        worker took it: giving it back is not a failed try.
+        """
+        ...
+
+    async def depth(self) -> int:
+        """How many jobs wait for a worker, not counting those being worked on."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -81,12 +96,19 @@ class Worker:
         """Seconds between ``touch`` calls; well under the queue's reclaim idle time."""
 
     async def run(self, stop: asyncio.Event, *, wait: float = 1.0) -> None:
-        """Work until ``stop`` is set; a job in progress is finished first."""
+        """Work until ``stop`` is set; a job in progress is finished first.
+
+        No job is started once ``stop`` is set: one that arrives while the worker waits
+        for it is handed back at once. Cancelled in the middle of a job, the worker hands
+        the job back (unfinished) before it stops.
+        """
         backoff = 0.1
         while not stop.is_set():
             try:
                 job = await self.queue.take(self.name, wait)
-                if job is not None:
+                if job is not None and stop.is_set():
+                    await self._hand_back(job, started=False)
+                elif job is not None:
                     await self.work(job)
                 backoff = 0.1
                 continue
@@ -109,37 +131,58 @@ class Worker:
         Every log line written meanwhile, by the engine and the connectors too, carries
         the worker, the request id and the job. Raises ``StoreUnavailable`` when the queue
         cannot be told how the job ended; the job then stays pending and comes again.
+        Cancelled (a shutdown out of time), it hands the job back unfinished.
         """
         with structlog.contextvars.bound_contextvars(
             worker=self.name, request_id=job.request_id, job=job.id
         ):
-            if job.deliveries > self.max_deliveries:
-                await self._bury(job)
-                return
-            finished = asyncio.Event()
-            keepalive = asyncio.create_task(self._keep_alive(job, finished))
             try:
-                if job.deliveries == 1 and await self._running_elsewhere(job):
-                    # A second job for one request (it was queued twice): the worker of
-                    # the first runs it. Resuming here would call its running step
-                    # interrupted.
-                    log.info("job.duplicate")
-                else:
-                    record = await self.engine.execute(job.request_id)
-                    log.info("job.finished", state=record.state, deliveries=job.deliveries)
-            except StoreUnavailable:
-                # Leave the job pending: another delivery finds the request where it stopped.
-                log.warning("job.store_unavailable")
-                return
-            except LamError as error:
-                # The request cannot run (cancelled meanwhile, already finished): done.
-                log.info("job.skipped", reason=str(error))
-            finally:
-                finished.set()
-                keepalive.cancel()
-                # Waits without taking on the task's CancelledError as its own.
-                await asyncio.wait({keepalive})
-            await self.queue.done(job)
+                await self._work(job)
+            except asyncio.CancelledError:
+                # Another worker takes the job now rather than after the idle timeout,
+                # and finds the interrupted step as it was left. The heartbeat has
+                # stopped by now, so it cannot renew the job after it was given back.
+                await self._hand_back(job, started=True)
+                raise
+
+    async def _work(self, job: Job) -> None:
+        if job.deliveries > self.max_deliveries:
+            await self._bury(job)
+            return
+        finished = asyncio.Event()
+        keepalive = asyncio.create_task(self._keep_alive(job, finished))
+        try:
+            if job.deliveries == 1 and await self._running_elsewhere(job):
+                # A second job for one request (it was queued twice): the worker of
+                # the first runs it. Resuming here would call its running step
+                # interrupted.
+                log.info("job.duplicate")
+            else:
+                record = await self.engine.execute(job.request_id)
+                log.info("job.finished", state=record.state, deliveries=job.deliveries)
+        except StoreUnavailable:
+            # Leave the job pending: another delivery finds the request where it stopped.
+            log.warning("job.store_unavailable")
+            return
+        except LamError as error:
+            # The request cannot run (cancelled meanwhile, already finished): done.
+            log.info("job.skipped", reason=str(error))
+        finally:
+            finished.set()
+            keepalive.cancel()
+            # Waits without taking on the task's CancelledError as its own.
+            await asyncio.wait({keepalive})
+        await self.queue.done(job)
+
+    async def _hand_back(self, job: Job, *, started: bool) -> None:
+        """Release ``job``; if the queue cannot be told, it is reclaimed after the idle time."""
+        try:
+            async with asyncio.timeout(HAND_BACK_TIMEOUT):
+                await self.queue.release(job, self.name, started=started)
+        except (StoreUnavailable, TimeoutError) as error:
+            log.warning("job.not_released", job=job.id, error=str(error) or "timed out")
+            return
+        log.info("job.released", job=job.id, request_id=job.request_id, started=started)
 
     async def _bury(self, job: Job) -> None:
         """Fail the request of a job that keeps dying, then dead-letter the job."""

@@ -94,7 +94,7 @@ def observe_change(
         AUDIT_EVENTS.labels(event.kind).inc()
         if event.tokens:
             LLM_TOKENS.inc(event.tokens)
-        if event.kind == "request.planned":
+        if event.kind in ("request.planned", "request.revised"):
             for decision in after.decisions:
                 DECISIONS.labels(decision.decision).inc()
         step = event.step
@@ -108,6 +108,7 @@ def observe_change(
                 (step.finished_at - step.started_at).total_seconds()
             )
     if before.state == "awaiting_approval" and after.state != "awaiting_approval":
-        APPROVAL_WAIT.observe((after.updated_at - before.updated_at).total_seconds())
+        since = before.awaiting_since or before.updated_at  # stored before the field existed
+        APPROVAL_WAIT.observe((after.updated_at - since).total_seconds())
     if after.state in TERMINAL_OUTCOMES and before.state != after.state:
         REQUESTS.labels(after.state).inc()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from datetime import timedelta
 from pathlib import Path
 
+from bot import metrics
 from bot.audit import Redactor
-from bot.config import Settings, load_config
+from bot.config import LamConfig, Settings, load_config
 from bot.engine import Engine, EngineOptions
 from bot.errors import ConfigError
 from bot.jobs import JobQueue
@@ -15,10 +18,13 @@ from bot.planning.chain import ChainPlanner
 from bot.planning.llm import LLMOptions, LLMPlanner
 from bot.policy import Policy
 from bot.store import Store
-from bot.store.redis import RedisStore
+from bot.store.redis import RedisStore, mask_url
 from bot.store.redis_jobs import RedisJobQueue
 from bot.store.sqlite import SqliteStore
 from connectors import BUILTIN_CONNECTORS, Catalog, connector_types, start_connectors
+
+REDIS_START_TIMEOUT = 5.0
+"""Seconds start-up waits for Redis before it stops, naming REDIS_URL."""
 
 # The sample policy ships in the wheel under bot/ and sits beside bot/ in a checkout.
 PACKAGED_POLICIES = (
@@ -40,13 +46,16 @@ def policy_dir(settings: Settings) -> Path:
     raise ConfigError("LAM_POLICY_DIR: no policies/ directory here; set LAM_POLICY_DIR")
 
 
-async def build_catalog(settings: Settings, redactor: Redactor | None = None) -> Catalog:
-    """Start the configured connectors (``LAM_CONFIG``, or the built-ins).
+async def build_catalog(
+    settings: Settings, redactor: Redactor | None = None, *, config: LamConfig | None = None
+) -> Catalog:
+    """Start the configured connectors (``config``, else ``LAM_CONFIG``, else the built-ins).
 
-    An instance that cannot start is in ``Catalog.failures``; the others work. Their
-    secrets join ``redactor`` before any of them can appear in a log line.
+    An instance that cannot start is in ``Catalog.failures`` (and counted in
+    ``lam_connectors_failed``); the others work. Their secrets join ``redactor`` before
+    any of them can appear in a log line.
     """
-    config = load_config(settings.lam_config)
+    config = config or load_config(settings.lam_config)
     catalog = await start_connectors(
         config.connectors,
         connector_types(BUILTIN_CONNECTORS),
@@ -54,22 +63,39 @@ async def build_catalog(settings: Settings, redactor: Redactor | None = None) ->
     )
     if redactor is not None:
         redactor.add(catalog.secrets)
+    metrics.CONNECTORS_FAILED.set(len(catalog.failures))
     return catalog
 
 
 async def open_store(settings: Settings) -> tuple[Store, JobQueue | None]:
     """Redis and its job queue when ``REDIS_URL`` is set; else the embedded SQLite store.
 
-    Without a queue, approved requests run in the process that approves them.
+    Without a queue, approved requests run in the process that approves them. Raises
+    ``ConfigError`` naming ``REDIS_URL`` when Redis cannot be used, within
+    ``REDIS_START_TIMEOUT`` seconds even when the host does not answer at all.
     """
     if settings.redis_url is None:
         return await SqliteStore.open(settings.database_path), None
     url = settings.redis_url.get_secret_value()
-    store = await RedisStore.open(url, prefix=settings.lam_redis_prefix)
     try:
-        jobs = await RedisJobQueue.open(
-            url, prefix=settings.lam_redis_prefix, idle_timeout=settings.lam_job_idle_seconds
-        )
+        async with asyncio.timeout(REDIS_START_TIMEOUT):
+            store = await RedisStore.open(url, prefix=settings.lam_redis_prefix)
+    except TimeoutError:
+        raise ConfigError(
+            f"REDIS_URL {mask_url(url)!r}: no answer from Redis within"
+            f" {REDIS_START_TIMEOUT:g}s; check the host, the port and any firewall"
+        ) from None
+    try:
+        async with asyncio.timeout(REDIS_START_TIMEOUT):
+            jobs = await RedisJobQueue.open(
+                url, prefix=settings.lam_redis_prefix, idle_timeout=settings.lam_job_idle_seconds
+            )
+    except TimeoutError:
+        await store.aclose()
+        raise ConfigError(
+            f"REDIS_URL {mask_url(url)!r}: Redis stopped answering while the job queue was"
+            f" opened (no answer within {REDIS_START_TIMEOUT:g}s)"
+        ) from None
     except BaseException:
         await store.aclose()
         raise
@@ -105,24 +131,38 @@ def build_planner(settings: Settings, redactor: Redactor) -> ChainPlanner:
 
 
 async def open_engine(settings: Settings, redactor: Redactor | None = None) -> Engine:
+    """The engine ``settings`` describe; ``ConfigError`` naming the first bad setting.
+
+    The quick checks come first (the policy files, ``lam.yaml``, the model settings),
+    then the store, then the connectors, which may take a while to start: a bad setting
+    stops start-up within seconds, and nothing is left open.
+    """
     redactor = redactor or Redactor(settings.secrets())
     policy = Policy.load(policy_dir(settings))
-    catalog = await build_catalog(settings, redactor)
-    try:
+    config = load_config(settings.lam_config)
+    planner = build_planner(settings, redactor)
+    async with contextlib.AsyncExitStack() as opened:
+        opened.push_async_callback(planner.aclose)
         store, jobs = await open_store(settings)
-    except BaseException:
-        await close_connectors(catalog)
-        raise
-    return Engine(
-        store=store,
-        policy=policy,
-        catalog=catalog,
-        planner=build_planner(settings, redactor),
-        options=EngineOptions(
-            environments=settings.environments,
-            default_environment=settings.lam_default_environment,
-            approval_ttl=timedelta(seconds=settings.lam_approval_ttl_seconds),
-        ),
-        redactor=redactor,
-        jobs=jobs,
-    )
+        opened.push_async_callback(store.aclose)
+        if jobs is not None:
+            opened.push_async_callback(jobs.aclose)
+        catalog = await build_catalog(settings, redactor, config=config)
+        engine = Engine(
+            store=store,
+            policy=policy,
+            catalog=catalog,
+            planner=planner,
+            options=EngineOptions(
+                environments=settings.environments,
+                default_environment=settings.lam_default_environment,
+                approval_ttl=timedelta(seconds=settings.lam_approval_ttl_seconds),
+                max_clarifications=settings.lam_max_clarifications,
+                max_revisions=settings.lam_max_revisions,
+            ),
+            redactor=redactor,
+            jobs=jobs,
+        )
+        # Everything opened now belongs to the engine, which closes it.
+        opened.pop_all()
+    return engine

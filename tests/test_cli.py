@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 from bot.demo import DEMO_CONFIG
+from tests.support.openai_server import ScriptedOpenAI, tool_calls
 
 REPO = Path(__file__).resolve().parent.parent
 LAM = [sys.executable, "-m", "bot.cli"]
@@ -335,6 +338,90 @@ def test_chat_runs_requests_and_commands(lam: Lam) -> None:
     assert "finished successfully" in result.stdout
     assert "succeeded" in result.stdout
     assert "unknown or incomplete command '/bogus'" in result.stdout
+
+
+QUESTION = "Which check: uptime or disk usage?"
+
+
+@pytest.fixture
+async def model() -> AsyncIterator[tuple[ScriptedOpenAI, dict[str, str]]]:
+    """The scripted model server, and the settings that make ``lam`` plan with it."""
+    async with ScriptedOpenAI.running() as server:
+        yield (
+            server,
+            {
+                "LAM_MODEL": "lam-test-model",
+                "OPENAI_BASE_URL": server.base_url,
+                "OPENAI_API_KEY": "sk-lam-cli-test",
+            },
+        )
+        server.assert_done()
+
+
+async def test_answer_continues_the_request_the_model_asked_about(
+    lam: Lam, model: tuple[ScriptedOpenAI, dict[str, str]]
+) -> None:
+    """lam ask prints the question, lam show repeats it, and the requester's lam answer runs it."""
+    server, env = model
+    server.enqueue(
+        tool_calls(("clarify", {"question": QUESTION})), tool_calls(("shell__uptime", {}))
+    )
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return lam(*args, env=env)
+
+    asked = await asyncio.to_thread(
+        run, "ask", "check the box in staging", "--as", "alice", "--json"
+    )
+    assert asked.returncode == 0, asked.stderr
+    record = as_json(asked)
+    request_id = str(record["id"])
+    assert (record["state"], record["question"], record["steps"]) == ("clarifying", QUESTION, [])
+
+    shown = await asyncio.to_thread(run, "show", request_id)
+    assert "waiting for an answer" in shown.stdout
+    assert f"LAM asks: {QUESTION}" in shown.stdout
+    assert f"lam answer {request_id} '<your answer>' --as <you>" in shown.stdout
+
+    other = await asyncio.to_thread(run, "answer", request_id, "uptime", "--as", "bob")
+    assert other.returncode == 1
+    assert "only user:alice, who asked for request" in other.stderr
+
+    answered = await asyncio.to_thread(
+        run, "answer", request_id, "uptime", "--as", "alice", "--json"
+    )
+    assert answered.returncode == 0, answered.stderr
+    done = as_json(answered)
+    assert (done["id"], done["state"], done["question"]) == (request_id, "succeeded", None)
+    assert done["conversation"] == [{"question": QUESTION, "answer": "uptime"}]
+    assert "load average" in done["steps"][0]["output"]  # type: ignore[index]
+
+    again = await asyncio.to_thread(run, "answer", request_id, "disk", "--as", "alice")
+    assert again.returncode == 1
+    assert "finished successfully, not waiting for an answer" in again.stderr
+
+
+async def test_chat_answers_the_question_with_the_next_line(
+    lam: Lam, model: tuple[ScriptedOpenAI, dict[str, str]]
+) -> None:
+    """In lam chat the line after a question answers it, and the same request runs."""
+    server, env = model
+    server.enqueue(
+        tool_calls(("clarify", {"question": QUESTION})), tool_calls(("shell__uptime", {}))
+    )
+    result = await asyncio.to_thread(
+        lam, "chat", "--as", "alice", env=env, stdin="check the box in staging\nuptime\n/quit\n"
+    )
+    assert result.returncode == 0, result.stderr
+    question, _, after = result.stdout.partition(f"LAM asks: {QUESTION}")
+    assert "waiting for an answer" in question
+    assert "Your next line answers this" in after
+    assert "answer> " in after
+    assert "finished successfully" in after
+    assert "answered: uptime" in after
+    # Both renderings are of one request: the answer continued it.
+    (request_id,) = set(re.findall(r"Request (\w+): ", result.stdout))
+    assert as_json(lam("show", request_id, "--json"))["state"] == "succeeded"
 
 
 def test_demo_walks_through_the_whole_flow(lam: Lam) -> None:

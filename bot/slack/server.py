@@ -1,10 +1,10 @@
 """``lam serve``: the Slack front over HTTP or Socket Mode, with health endpoints.
 
 HTTP: ``POST /slack/events`` (events, commands, interactions), checked by LAM's guard
-before bolt; ``GET /healthz`` (the process answers) and ``GET /readyz`` (the store
-answers, a policy is loaded). Socket Mode (``SLACK_APP_TOKEN`` set) needs no inbound
-port; the health endpoints are served on ``--health-port`` (default: ``--port``).
-Every Web API call goes through one aiohttp session.
+before bolt, and the endpoints of ``bot.health`` (``/healthz``, ``/readyz``,
+``/metrics``). Socket Mode (``SLACK_APP_TOKEN`` set) needs no inbound port; the health
+endpoints are served on ``--health-port`` (default: ``--port``). Every Web API call
+goes through one aiohttp session.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
-import socket
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -26,8 +24,8 @@ from slack_sdk.socket_mode.response import SocketModeResponse
 
 from bot.audit import Redactor
 from bot.config import Settings
-from bot.policy import Policy
-from bot.runtime import run_background, worker_names
+from bot.health import Check, Health, health_application, health_routes, listening
+from bot.runtime import Shutdown, run_background, worker_names
 from bot.slack._guard import MAX_BODY, RequestGuard
 from bot.slack.app import dispatch
 from bot.slack.options import SlackOptions, load_slack_settings, slack_options
@@ -37,7 +35,6 @@ from bot.wiring import open_engine
 log = structlog.get_logger("lam.slack")
 
 EVENTS_PATH = "/slack/events"
-READY_TIMEOUT = 2.0
 
 
 def _bolt_to_aiohttp(response: BoltResponse) -> web.Response:
@@ -45,39 +42,24 @@ def _bolt_to_aiohttp(response: BoltResponse) -> web.Response:
     return web.Response(status=response.status, body=response.body, content_type=content_type)
 
 
-def health_routes(service: SlackService) -> list[web.RouteDef]:
-    async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+def slack_health(service: SlackService, stopping: asyncio.Event | None = None) -> Health:
+    """The health endpoints' view of the front: its engine, and in Socket Mode the connection."""
+    checks: dict[str, Check] = {}
+    if service.front.options.socket_mode:
 
-    async def readyz(request: web.Request) -> web.Response:
-        checks = await readiness(service)
-        ready = all(value == "ok" for value in checks.values())
-        return web.json_response(
-            {"status": "ok" if ready else "unavailable", "checks": checks},
-            status=200 if ready else 503,
-        )
+        async def connected() -> str:
+            socket_client = service.socket
+            if socket_client is not None and await socket_client.is_connected():
+                return "ok"
+            return "not connected"
 
-    return [web.get("/healthz", healthz), web.get("/readyz", readyz)]
-
-
-async def readiness(service: SlackService) -> dict[str, str]:
-    """Each readiness check's outcome: ``ok`` or what is wrong."""
-    checks: dict[str, str] = {}
-    try:
-        async with asyncio.timeout(READY_TIMEOUT):
-            await service.front.engine.store.audit_head()
-        checks["store"] = "ok"
-    except Exception as error:  # Whatever the store raises, it is not ready.
-        checks["store"] = f"unreachable: {type(error).__name__}"
-    policy = service.front.engine.policy
-    checks["policy"] = "ok" if isinstance(policy, Policy) else "not loaded"
-    if service.socket is not None:
-        connected = await service.socket.is_connected()
-        checks["slack"] = "ok" if connected else "not connected"
-    return checks
+        checks["slack"] = connected
+    return Health(service.front.engine, stopping=stopping, checks=checks)
 
 
-def http_application(service: SlackService, guard: RequestGuard) -> web.Application:
+def http_application(
+    service: SlackService, guard: RequestGuard, health: Health | None = None
+) -> web.Application:
     """``/slack/events`` behind LAM's guard, and the health endpoints."""
 
     async def events(request: web.Request) -> web.Response:
@@ -98,26 +80,10 @@ def http_application(service: SlackService, guard: RequestGuard) -> web.Applicat
         return _bolt_to_aiohttp(response)
 
     application = web.Application(client_max_size=MAX_BODY)
-    application.add_routes([web.post(EVENTS_PATH, events), *health_routes(service)])
+    application.add_routes(
+        [web.post(EVENTS_PATH, events), *health_routes(health or slack_health(service))]
+    )
     return application
-
-
-@contextlib.asynccontextmanager
-async def listening(application: web.Application, host: str, port: int) -> AsyncIterator[str]:
-    """Serve ``application``; yields ``http://HOST:PORT`` (a free port when ``port`` is 0)."""
-    runner = web.AppRunner(application, shutdown_timeout=5.0, access_log=None)
-    await runner.setup()
-    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        listener.bind((host, port))
-        bound = listener.getsockname()[1]
-        await web.SockSite(runner, listener).start()
-        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104 -- display only
-        yield f"http://{shown}:{bound}"
-    finally:
-        await runner.cleanup()
-        listener.close()
 
 
 @contextlib.asynccontextmanager
@@ -159,26 +125,33 @@ async def socket_mode(service: SlackService, app_token: str) -> AsyncIterator[So
 
 @contextlib.asynccontextmanager
 async def running(
-    service: SlackService, options: SlackOptions, *, host: str, port: int, health_port: int | None
+    service: SlackService,
+    options: SlackOptions,
+    *,
+    host: str,
+    port: int,
+    health_port: int | None,
+    health: Health | None = None,
 ) -> AsyncIterator[str]:
     """The front listening: HTTP on ``port``, or Socket Mode with health on ``health_port``.
 
-    Yields the base URL of the HTTP server (events and health, or health alone).
+    Yields the base URL of the HTTP server (events and health, or health alone). Leaving
+    the block stops Slack's deliveries first: the Socket Mode connection closes, or the
+    HTTP server stops accepting connections.
     """
+    health = health or slack_health(service)
     if options.app_token is not None:
-        application = web.Application()
-        application.add_routes(health_routes(service))
-        health = port if health_port is None else health_port
+        port = port if health_port is None else health_port
         # Health answers first, so an orchestrator can watch the connection come up.
         async with (
-            listening(application, host, health) as url,
+            listening(health_application(health), host, port) as url,
             socket_mode(service, options.app_token),
         ):
             yield url
         return
     assert options.signing_secret is not None  # slack_options requires it without an app token
     guard = RequestGuard(options.signing_secret)
-    async with listening(http_application(service, guard), host, port) as url:
+    async with listening(http_application(service, guard, health), host, port) as url:
         yield url
 
 
@@ -193,39 +166,64 @@ async def serve(
     """Run the Slack front until SIGTERM or Ctrl-C; ``lam serve`` calls this.
 
     Raises ``ConfigError`` (naming the setting) before anything starts when a token is
-    missing or refused.
+    missing or refused. Stopping (see ``bot.runtime``): Slack's deliveries stop first;
+    then the work in progress (in-process workers, and what listeners handed off) has
+    the grace period to finish; then the audit channel is brought up to date; then the
+    store closes.
     """
     options = slack_options(settings, load_slack_settings())
+    shutdown = Shutdown(settings.lam_shutdown_grace_seconds)
     engine = await open_engine(settings, redactor)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     try:
-        async with (
-            aiohttp.ClientSession() as session,
-            open_service(engine, options, session) as service,
-        ):
-            # Policy reloads, and with Redis the in-process workers (LAM_SERVE_WORKERS).
-            reloading = asyncio.create_task(
-                run_background(
-                    engine,
-                    settings,
-                    stop,
-                    workers=worker_names(None, settings.lam_serve_workers)
-                    if settings.lam_serve_workers
-                    else [],
-                ),
-                name="background",
-            )
-            mode = "socket" if options.socket_mode else "http"
-            async with running(
-                service, options, host=host, port=port, health_port=health_port
-            ) as url:
-                log.warning("slack.serving", mode=mode, url=url)
-                await stop.wait()
-            await reloading
+        with shutdown.on_signals():
+            async with aiohttp.ClientSession() as session:
+                async with open_service(engine, options, session) as service:
+                    await _serve_until_stopped(service, settings, shutdown, host, port, health_port)
+                if service.poster is not None:
+                    # The poster's own loop has stopped: what it had not posted yet goes
+                    # out now, once and in order. Cut short, it is posted by the next
+                    # replica, from the position the poster saved.
+                    await shutdown.within(service.poster.drain(), name="audit posting")
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
         await engine.aclose()
+    log.warning("shutdown.finished")
+
+
+async def _serve_until_stopped(
+    service: SlackService,
+    settings: Settings,
+    shutdown: Shutdown,
+    host: str,
+    port: int,
+    health_port: int | None,
+) -> None:
+    """Serve Slack until ``shutdown.stop``, then let the work in progress finish."""
+    engine = service.front.engine
+    # Policy reloads, and with Redis the in-process workers (LAM_SERVE_WORKERS).
+    background = asyncio.create_task(
+        run_background(
+            engine,
+            settings,
+            shutdown,
+            workers=worker_names(None, settings.lam_serve_workers)
+            if settings.lam_serve_workers
+            else [],
+        ),
+        name="background",
+    )
+    try:
+        options = service.front.options
+        health = slack_health(service, shutdown.stop)
+        async with running(
+            service, options, host=host, port=port, health_port=health_port, health=health
+        ) as url:
+            log.warning("slack.serving", mode="socket" if options.socket_mode else "http", url=url)
+            await shutdown.stop.wait()
+        log.info("slack.stopped_listening")
+        if not await shutdown.within(service.idle(), name="slack work"):
+            await service.front.background.aclose(grace=0)
+    except BaseException:
+        shutdown.abort("the Slack front stopped without a signal")
+        raise
+    finally:
+        await background

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from bot import metrics
 from bot.errors import ConfigError, StoreUnavailable
 from bot.jobs import Job
 from bot.store.redis import COMMAND_TIMEOUT, UNREACHABLE, connect
@@ -136,6 +137,45 @@ class RedisJobQueue:
 
         await self._call("bury a job", move)
 
+    async def release(self, job: Job, consumer: str, *, started: bool) -> None:
+        """Make the job claimable by the next worker that asks, without waiting for it to idle.
+
+        The entry stays pending (a job is never without an owner), but its delivery time
+        goes back to the epoch, so the next ``take`` reclaims it. ``RETRYCOUNT`` undoes
+        this worker's delivery of a job it never ``started``; a started one keeps it, so
+        the next worker knows the request may be half run.
+        """
+        count = job.deliveries if started else job.deliveries - 1
+        await self._call(
+            "release a job",
+            lambda: self._redis.xclaim(
+                self.stream,
+                GROUP,
+                consumer,
+                min_idle_time=0,
+                message_ids=[job.id],
+                time=1,
+                retrycount=max(0, count),
+                justid=True,
+            ),
+        )
+
+    async def depth(self) -> int:
+        """Jobs not yet delivered to any worker: the stream's entries less the pending ones.
+
+        Done and buried jobs are deleted from the stream, so what is left either waits or
+        is pending with a worker.
+        """
+
+        async def count() -> int:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.xlen(self.stream)
+                pipe.xpending(self.stream, GROUP)
+                length, pending = await pipe.execute()
+            return max(0, int(length) - int(pending["pending"]))
+
+        return await self._call("count the waiting jobs", count, regroup=True)
+
     async def aclose(self) -> None:
         await self._redis.aclose()
 
@@ -174,6 +214,7 @@ class RedisJobQueue:
                 deliveries = int(pending[0]["times_delivered"]) if pending else 2
                 job = await self._job(entry_id, fields, deliveries=deliveries)
                 if job is not None:
+                    metrics.JOBS_RECLAIMED.inc()
                     return job
             if start == "0-0":
                 return None
