@@ -1,37 +1,53 @@
 """How fast LAM acknowledges Slack, next to a bare bolt app that only acknowledges.
 
-Both apps receive ``/lam help`` from the local Slack simulator, over HTTP (signed
-deliveries to ``/slack/events``) and over Socket Mode (envelopes on a WebSocket), from 1
-and from 50 concurrent senders. The time measured is the simulator's: from sending the
-delivery to reading the HTTP response or receiving the Socket Mode ack.
+Slack (the local simulator and its senders) runs in this process; each app under test runs
+in a child process of its own, as it would in production, so that the simulator's work is
+not charged to the app. Three kinds of delivery, over HTTP (signed, to ``/slack/events``)
+and over Socket Mode (envelopes on a WebSocket), from 1 and from 50 concurrent senders:
 
-LAM runs its whole front: its own signature and replay guard, the payload shape check,
-bolt with LAM's middleware, and a listener that acks and hands the answer (an ephemeral
-reply through the response_url) to the background. The baseline, measured in the same
-run on the same loop, is a bolt ``AsyncApp`` whose ``/lam`` listener only calls
-``ack()``; bolt's runner polls for that ack every 10 ms, which LAM avoids. A second
-baseline, "bolt+reply", also posts the same ephemeral reply after its ack, so that under
-load (when the answers share the loop with the acks) LAM is compared with bolt doing the
-same work.
+- ``command``: ``/lam help``; LAM answers through the ``response_url``;
+- ``mention``: an ``app_mention`` asking "noop"; LAM claims it, posts a plan message,
+  plans, runs ``bench.noop`` and posts the results in the thread;
+- ``click``: a "Next page" button (``block_actions``) of ``/lam history``; LAM reads the
+  store and replaces the listing through the ``response_url``.
 
-    python bench/slack_ingress.py [--requests 300] [--rounds 3]
+The time measured is Slack's: from sending the delivery to reading the HTTP response or
+receiving the Socket Mode ack. The baseline, measured in the same run, is a bolt
+``AsyncApp`` with a listener per kind that only calls ``ack()`` (bolt acks events itself,
+at once; for commands and actions its runner polls for the ack every 10 ms, which LAM
+avoids). ``LAM`` is the whole front; ``LAM-ack``, a diagnosis, is the same front with the
+work its listeners hand off dropped, so that only its ack path runs (signature and replay
+guard, payload check, bolt with LAM's middleware and listeners).
 
-Reports medians over the rounds of p50 and p99, and LAM's ratios to the baselines;
-never run as a test.
+For ``LAM`` a second table shows when the answer reached Slack ("answered": the
+response_url post, or the plan message in the thread) and, for each app, its process's
+CPU time per delivery. With no pause between a sender's deliveries the app never waits
+for work, so at 50 senders (and for mentions even at one) it is saturated: each ack then
+waits behind the CPU the other deliveries' work takes, and the ack ratios measure how
+much work LAM does per delivery, which a bare app does not do at all.
+
+    python -m bench.slack_ingress [--requests 300] [--rounds 3]
+
+Reports medians over the rounds; never run as a test.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
+import signal
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlencode
 
 import aiohttp
 from pydantic import BaseModel
@@ -39,26 +55,38 @@ from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_bolt.app.async_app import AsyncApp
 from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_sdk.web.async_client import AsyncWebClient
-from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bot.audit import Redactor
 from bot.engine import Engine
 from bot.logs import configure_logging
 from bot.planning.aliases import AliasPlanner
 from bot.policy import Policy
+from bot.slack.blocks import PAGE
+from bot.slack.commands import page_value
 from bot.slack.options import SlackOptions
 from bot.slack.server import EVENTS_PATH, running
-from bot.slack.service import SlackService, open_service
+from bot.slack.service import open_service
 from bot.store.sqlite import SqliteStore
 from connectors import Action, ActionContext, ActionResult, Catalog, Params
-from tests.support.slack import SIGNING_SECRET, SlackSimulator, serve
+from tests.support.slack import APP_TOKEN, BOT_TOKEN, SIGNING_SECRET, SlackSimulator, serve
 
 REPO = Path(__file__).resolve().parent.parent
 POLICY = "g, user:T0LAMTEST/U0ALICE, role:bench, *\np, role:bench, *, bench.noop, *, run, allow\n"
 WARM_UP = 20
+ANSWER_TIMEOUT = 120.0
+"""Seconds LAM has to answer every delivery of one measurement."""
 
+App = Literal["bolt", "LAM-ack", "LAM"]
+Kind = Literal["command", "mention", "click"]
 Transport = Literal["http", "socket"]
-Send = Callable[[], Awaitable[float]]
+APPS: tuple[App, ...] = ("bolt", "LAM-ack", "LAM")
+KINDS: tuple[Kind, ...] = ("command", "mention", "click")
+TRANSPORTS: tuple[Transport, ...] = ("http", "socket")
+SENDERS = (1, 50)
+CLICK = f"{PAGE}.1"
+
+
+# -- the apps under test, each run as ``--serve APP`` in a child process -------------------
 
 
 class NoParams(Params):
@@ -69,32 +97,20 @@ async def noop(params: BaseModel, ctx: ActionContext) -> ActionResult:
     return ActionResult(output="ok")
 
 
-def sender(sim: SlackSimulator, transport: Transport, url: str) -> Send:
-    async def send() -> float:
-        if transport == "http":
-            delivery = await sim.send_command(url, "/lam", "help")
-            assert delivery.status == 200, delivery.body
-            return delivery.elapsed
-        started = time.perf_counter()
-        await sim.socket_send("slash_commands", sim.command_payload("/lam", "help"))
-        return time.perf_counter() - started
-
-    return send
-
-
-async def _connected(sim: SlackSimulator, before: int) -> None:
-    await sim.wait_for_socket(before + 1)
-
-
 @asynccontextmanager
-async def lam_front(
-    sim: SlackSimulator, transport: Transport, directory: Path
-) -> AsyncIterator[tuple[Send, SlackService]]:
-    policy_dir = directory / "policies"
-    policy_dir.mkdir(exist_ok=True)
+async def lam_app(
+    transport: Transport, api_url: str, home: Path, *, work: bool = True
+) -> AsyncIterator[str]:
+    """LAM's whole front on a SQLite store in ``home``; yields its base URL.
+
+    Without ``work`` (``LAM-ack``, a diagnosis) the work listeners hand off is dropped,
+    so only LAM's ack path runs: its guard, payload check, bolt and middleware.
+    """
+    policy_dir = home / "policies"
+    policy_dir.mkdir(parents=True, exist_ok=True)
     (policy_dir / "model.conf").write_text((REPO / "policies" / "model.conf").read_text())
     (policy_dir / "policy.csv").write_text(POLICY)
-    store = await SqliteStore.open(directory / f"lam-{transport}.db")
+    store = await SqliteStore.open(home / "lam.db")
     engine = Engine(
         store=store,
         policy=Policy.load(policy_dir),
@@ -103,67 +119,218 @@ async def lam_front(
         redactor=Redactor(),
     )
     options = SlackOptions(
-        bot_token=sim.bot_token,
+        bot_token=BOT_TOKEN,
         signing_secret=SIGNING_SECRET,
-        app_token=sim.app_token if transport == "socket" else None,
-        api_url=sim.api_url,
+        app_token=APP_TOKEN if transport == "socket" else None,
+        api_url=api_url,
+        freeze_startup_objects=True,
     )
-    before = len(sim.socket_connections)
     try:
         async with (
             aiohttp.ClientSession() as session,
             open_service(engine, options, session) as service,
             running(service, options, host="127.0.0.1", port=0, health_port=None) as url,
         ):
-            if transport == "socket":
-                await _connected(sim, before)
-            yield sender(sim, transport, url + EVENTS_PATH), service
+            if not work:
+                service.front.background.spawn = _drop  # type: ignore[method-assign]
+            yield url
     finally:
         await store.aclose()
 
 
+def _drop(work: Coroutine[Any, Any, None], *, name: str) -> None:
+    work.close()
+
+
 @asynccontextmanager
-async def bare_bolt(
-    sim: SlackSimulator, transport: Transport, *, reply: bool
-) -> AsyncIterator[Send]:
+async def bolt_app(transport: Transport, api_url: str, home: Path) -> AsyncIterator[str]:
+    """A bolt app whose listeners only acknowledge; yields its base URL (HTTP) or ``""``."""
+    del home
     async with aiohttp.ClientSession() as session:
-        client = AsyncWebClient(token=sim.bot_token, base_url=sim.api_url, session=session)
+        client = AsyncWebClient(token=BOT_TOKEN, base_url=api_url, session=session)
         app = AsyncApp(client=client, signing_secret=SIGNING_SECRET)
 
-        @app.command("/lam")
-        async def ack_only(ack: AsyncAck, command: dict[str, str]) -> None:
+        async def ack_only(ack: AsyncAck) -> None:
             await ack()
-            if reply:
-                webhook = AsyncWebhookClient(command["response_url"], session=session)
-                await webhook.send(text="help", response_type="ephemeral")
 
+        async def ignore() -> None:
+            pass
+
+        app.command("/lam")(ack_only)
+        app.action(CLICK)(ack_only)
+        app.event("app_mention")(ignore)
         if transport == "http":
             async with serve(app.web_app(path=EVENTS_PATH)) as base_url:
-                yield sender(sim, transport, base_url + EVENTS_PATH)
+                yield base_url
             return
-        before = len(sim.socket_connections)
-        handler = AsyncSocketModeHandler(app, sim.app_token)
+        handler = AsyncSocketModeHandler(app, APP_TOKEN)
         await handler.connect_async()  # type: ignore[no-untyped-call]  # bolt leaves it unannotated
         try:
-            await _connected(sim, before)
-            yield sender(sim, transport, "")
+            yield ""
         finally:
             await handler.close_async()  # type: ignore[no-untyped-call]  # likewise
 
 
-async def measure(send: Send, requests: int, concurrency: int) -> list[float]:
-    """Latencies of ``requests`` deliveries from ``concurrency`` senders, each in turn."""
+async def serve_app(app: App, transport: Transport, api_url: str, home: Path) -> None:
+    """The child: serve until SIGTERM, after printing ``ready URL`` on stdout."""
+    configure_logging(log_format="console", level="error", redactor=Redactor())
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    if app == "bolt":
+        serving = bolt_app(transport, api_url, home)
+    else:
+        serving = lam_app(transport, api_url, home, work=app == "LAM")
+    async with serving as url:
+        print(f"ready {url or '-'}", flush=True)
+        await stop.wait()
+
+
+# -- Slack's side ---------------------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    """An app under test in its own process."""
+
+    process: asyncio.subprocess.Process
+    url: str
+
+    def cpu_seconds(self) -> float:
+        """User and system CPU time the process has used so far (Linux ``/proc``)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@asynccontextmanager
+async def child(
+    sim: SlackSimulator, app: App, transport: Transport, home: Path
+) -> AsyncIterator[Child]:
+    before = len(sim.socket_connections)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.slack_ingress",
+        "--serve",
+        app,
+        "--transport",
+        transport,
+        "--api-url",
+        sim.api_url,
+        "--home",
+        str(home),
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode().split()
+        if line[:1] != ["ready"]:
+            raise RuntimeError(f"{app} did not start ({line!r})")
+        if transport == "socket":
+            await sim.wait_for_socket(before + 1, timeout=30)
+        yield Child(process, line[1])
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        await process.wait()
+
+
+Send = Callable[[], Awaitable[tuple[float, str]]]
+
+
+def sender(sim: SlackSimulator, kind: Kind, transport: Transport, url: str) -> Send:
+    """Sends one delivery of ``kind``; returns the seconds to its ack and its answer's key."""
+    events_url = url + EVENTS_PATH
+
+    async def send() -> tuple[float, str]:
+        payload: dict[str, Any]
+        if kind == "mention":
+            event = sim.app_mention("noop")
+            key, payload, socket_type = str(event["ts"]), sim.event_callback(event), "events_api"
+        elif kind == "command":
+            payload, socket_type = dict(sim.command_payload("/lam", "help")), "slash_commands"
+        else:
+            payload = sim.block_actions_payload(CLICK, page_value("history", 1))
+            socket_type = "interactive"
+        if kind != "mention":
+            key = str(payload["response_url"]).rpartition("/")[2]
+        if transport == "socket":
+            started = time.perf_counter()
+            await sim.socket_send(socket_type, payload)  # type: ignore[arg-type]
+            return time.perf_counter() - started, key
+        if kind == "mention":
+            delivery = await sim.send_event(events_url, payload)
+        elif kind == "command":
+            delivery = await sim.send_raw(events_url, urlencode(payload), payload=payload)
+        else:
+            delivery = await sim.send_interaction(events_url, payload)
+        assert delivery.status == 200, delivery.body
+        return delivery.elapsed, key
+
+    return send
+
+
+def answered_at(sim: SlackSimulator, kind: Kind, keys: set[str]) -> dict[str, float] | None:
+    """When Slack got LAM's answer to each delivery, once every one has been answered.
+
+    A mention counts once its results are in the thread, so that its work is over before
+    the next measurement; its answer is the first message there (the plan).
+    """
+    found: dict[str, float] = {}
+    if kind == "mention":
+        replies: dict[str, list[float]] = {}
+        for call in sim.calls_to("chat.postMessage"):
+            thread = str(call.args.get("thread_ts"))
+            if thread in keys:
+                replies.setdefault(thread, []).append(call.at)
+        found = {key: min(times) for key, times in replies.items() if len(times) >= 2}
+    else:
+        found = {p.response_id: p.at for p in sim.response_posts if p.response_id in keys}
+    return found if len(found) == len(keys) else None
+
+
+@dataclass
+class Measured:
+    acks: list[float]
+    answers: list[float]
+    cpu_per_delivery: float
+
+
+async def measure(
+    sim: SlackSimulator,
+    app: Child,
+    name: App,
+    kind: Kind,
+    transport: Transport,
+    senders: int,
+    requests: int,
+) -> Measured:
+    """``requests`` deliveries from ``senders`` concurrent senders, each sending in turn."""
+    send = sender(sim, kind, transport, app.url)
     for _ in range(WARM_UP):
         await send()
-    latencies: list[float] = []
-    share = [requests // concurrency + (i < requests % concurrency) for i in range(concurrency)]
+    cpu = app.cpu_seconds()
+    acks: list[float] = []
+    sent: dict[str, float] = {}
+    share = [requests // senders + (i < requests % senders) for i in range(senders)]
 
     async def one_sender(count: int) -> None:
         for _ in range(count):
-            latencies.append(await send())
+            started = time.perf_counter()
+            elapsed, key = await send()
+            acks.append(elapsed)
+            sent[key] = started
 
     await asyncio.gather(*(one_sender(count) for count in share))
-    return latencies
+    answers: list[float] = []
+    if name == "LAM":
+        at = await sim.wait_for(
+            lambda: answered_at(sim, kind, set(sent)),
+            what="LAM's answers",
+            timeout=ANSWER_TIMEOUT,
+        )
+        answers = [at[key] - started for key, started in sent.items()]
+    return Measured(acks, answers, (app.cpu_seconds() - cpu) / requests)
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -171,48 +338,68 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-async def one_round(
-    transport: Transport, concurrency: int, requests: int, directory: Path
-) -> dict[str, tuple[float, float]]:
-    """p50 and p99 (seconds) of each app, on one fresh simulator."""
-    found: dict[str, tuple[float, float]] = {}
-    async with SlackSimulator() as sim:
-        for name, reply in (("bolt", False), ("bolt+reply", True)):
-            async with bare_bolt(sim, transport, reply=reply) as send:
-                latencies = await measure(send, requests, concurrency)
-            found[name] = (percentile(latencies, 0.5), percentile(latencies, 0.99))
-        async with lam_front(sim, transport, directory) as (send, service):
-            latencies = await measure(send, requests, concurrency)
-            await service.idle()
-        found["LAM"] = (percentile(latencies, 0.5), percentile(latencies, 0.99))
-    return found
+Results = dict[tuple[Kind, Transport, int, App], list[Measured]]
+
+
+async def one_round(sim: SlackSimulator, requests: int, directory: Path, found: Results) -> None:
+    for transport in TRANSPORTS:
+        for app_name in APPS:
+            home = Path(tempfile.mkdtemp(dir=directory))
+            async with child(sim, app_name, transport, home) as app:
+                for kind in KINDS:
+                    for senders in SENDERS:
+                        measured = await measure(
+                            sim, app, app_name, kind, transport, senders, requests
+                        )
+                        found.setdefault((kind, transport, senders, app_name), []).append(measured)
+
+
+def report(found: Results, requests: int, rounds: int) -> None:
+    def median(runs: list[Measured], pick: Callable[[Measured], float]) -> float:
+        return statistics.median(pick(m) for m in runs)
+
+    def p(runs: list[Measured], q: float, answers: bool = False) -> float:
+        return median(runs, lambda m: percentile(m.answers if answers else m.acks, q)) * 1000
+
+    print(f"Acks (ms), {requests} deliveries per measurement, median of {rounds} rounds")
+    print(
+        f"{'kind':<8}{'transport':<10}{'senders':>7}{'bolt p50':>10}{'p99':>7}"
+        f"{'LAM-ack p50':>13}{'p99':>7}{'ratios':>12}{'LAM p50':>9}{'p99':>7}{'ratios':>12}"
+    )
+    rows = [(k, t, n) for k in KINDS for t in TRANSPORTS for n in SENDERS]
+    for kind, transport, senders in rows:
+        runs = {app: found[kind, transport, senders, app] for app in APPS}
+        bolt = (p(runs["bolt"], 0.5), p(runs["bolt"], 0.99))
+        line = f"{kind:<8}{transport:<10}{senders:>7}{bolt[0]:>10.2f}{bolt[1]:>7.2f}"
+        for app, width in (("LAM-ack", 13), ("LAM", 9)):
+            mine = (p(runs[app], 0.5), p(runs[app], 0.99))
+            ratios = f"{mine[0] / bolt[0]:.2f}/{mine[1] / bolt[1]:.2f}"
+            line += f"{mine[0]:>{width}.2f}{mine[1]:>7.2f}{ratios:>12}"
+        print(line)
+    print()
+    print("LAM's work: answer reaching Slack (ms) and app CPU per delivery (µs), ack and work")
+    print(
+        f"{'kind':<8}{'transport':<10}{'senders':>7}{'answered p50':>14}{'p99':>8}"
+        f"{'CPU bolt':>10}{'LAM-ack':>9}{'LAM':>7}"
+    )
+    for kind, transport, senders in rows:
+        runs = {app: found[kind, transport, senders, app] for app in APPS}
+        cpu = {app: median(runs[app], lambda m: m.cpu_per_delivery) * 1e6 for app in APPS}
+        print(
+            f"{kind:<8}{transport:<10}{senders:>7}"
+            f"{p(runs['LAM'], 0.5, True):>14.2f}{p(runs['LAM'], 0.99, True):>8.2f}"
+            f"{cpu['bolt']:>10.0f}{cpu['LAM-ack']:>9.0f}{cpu['LAM']:>7.0f}"
+        )
 
 
 async def main(requests: int, rounds: int) -> None:
     configure_logging(log_format="console", level="error", redactor=Redactor())
-    print(f"/lam help acknowledged, {requests} per round, median of {rounds} rounds (ms)")
-    print(
-        f"{'transport':<9} {'senders':>7} {'pct':>4} {'bolt':>7} {'bolt+reply':>10}"
-        f" {'LAM':>7} {'LAM/bolt':>8} {'LAM/(bolt+reply)':>16}"
-    )
+    found: Results = {}
     with tempfile.TemporaryDirectory() as temporary:
-        for transport in ("http", "socket"):
-            for concurrency in (1, 50):
-                runs = [
-                    await one_round(transport, concurrency, requests, Path(temporary))
-                    for _ in range(rounds)
-                ]
-                for index, label in ((0, "p50"), (1, "p99")):
-                    ms = {
-                        name: statistics.median(run[name][index] for run in runs) * 1000
-                        for name in ("bolt", "bolt+reply", "LAM")
-                    }
-                    print(
-                        f"{transport:<9} {concurrency:>7} {label:>4} {ms['bolt']:>7.2f}"
-                        f" {ms['bolt+reply']:>10.2f} {ms['LAM']:>7.2f}"
-                        f" {ms['LAM'] / ms['bolt']:>8.2f}"
-                        f" {ms['LAM'] / ms['bolt+reply']:>16.2f}"
-                    )
+        async with SlackSimulator() as sim:
+            for _ in range(rounds):
+                await one_round(sim, requests, Path(temporary), found)
+    report(found, requests, rounds)
     sys.stdout.flush()
 
 
@@ -220,5 +407,15 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--serve", choices=APPS, help=argparse.SUPPRESS)
+    parser.add_argument("--transport", choices=TRANSPORTS, help=argparse.SUPPRESS)
+    parser.add_argument("--api-url", help=argparse.SUPPRESS)
+    parser.add_argument("--home", type=Path, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
-    asyncio.run(main(arguments.requests, arguments.rounds))
+    if arguments.serve:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(
+                serve_app(arguments.serve, arguments.transport, arguments.api_url, arguments.home)
+            )
+    else:
+        asyncio.run(main(arguments.requests, arguments.rounds))

@@ -17,6 +17,7 @@ from bot.store import Store
 from bot.store.sqlite import SqliteStore
 from tests.support.records import START, make_event, make_record
 from tests.support.redis_server import redis_store
+from tests.support.waiting import eventually
 
 StoreFactory = Callable[[Path], AbstractAsyncContextManager[Store]]
 """Opens a store on the backing found at a location; the same location, the same data."""
@@ -345,3 +346,75 @@ async def test_an_expired_claim_frees_its_key(store: Store) -> None:
     assert set(owners[:-1]) <= {"first"}
     # The new claim holds like any other.
     assert await store.claim("slack:Ev1", "third", CLAIM_TTL) == "second"
+
+
+async def test_the_owners_claim_renews_it(store: Store) -> None:
+    """An owner that claims again keeps its key past the first ttl: a claim renewed is a lease."""
+    short = timedelta(milliseconds=300)
+    assert await store.claim("lease", "leader", short) == "leader"
+    assert await store.claim("lease", "leader", CLAIM_TTL) == "leader"
+    # Long after the first ttl the renewed claim still holds.
+    await wait_for_expiry(store, "probe", short)
+    assert await store.claim("lease", "follower", CLAIM_TTL) == "leader"
+
+
+async def test_a_tiny_ttl_gives_a_claim_up(store: Store) -> None:
+    """The owner gives up its claim by renewing it for a moment; then another takes the key."""
+    assert await store.claim("lease", "leader", CLAIM_TTL) == "leader"
+    assert await store.claim("lease", "leader", timedelta(milliseconds=1)) == "leader"
+    await wait_for_owner(store, "lease", "follower")
+
+
+async def wait_for_owner(store: Store, key: str, claimant: str) -> None:
+    """Claim ``key`` for ``claimant`` until it is theirs; polls the store, whose clock decides."""
+
+    async def owned() -> bool:
+        return await store.claim(key, claimant, CLAIM_TTL) == claimant
+
+    await eventually(owned, f"{key!r} to become free")
+
+
+async def wait_for_expiry(store: Store, key: str, ttl: timedelta) -> None:
+    """Return once a claim of ``key`` made now for ``ttl`` has expired by the store's clock."""
+    assert await store.claim(key, "first", ttl) == "first"
+    await wait_for_owner(store, key, "second")
+
+
+async def test_remembered_values_are_recalled_and_replaced(
+    open_store: Callable[[], AbstractAsyncContextManager[Store]],
+) -> None:
+    """A value remembered through one handle is recalled through another; the last write wins."""
+    async with open_store() as one, open_store() as other:
+        assert await other.recall("slack:plan:r1") is None
+        await one.remember("slack:plan:r1", '{"channel": "C0OPS"}')
+        assert await other.recall("slack:plan:r1") == '{"channel": "C0OPS"}'
+        await other.remember("slack:plan:r1", "replaced", CLAIM_TTL)
+        assert await one.recall("slack:plan:r1") == "replaced"
+        assert await one.recall("slack:plan:r2") is None
+        # Remembered values are not claims, and not audit events.
+        assert await one.claim("slack:plan:r1", "claimant", CLAIM_TTL) == "claimant"
+        assert await one.audit_head() == (0, "")
+
+
+async def test_a_remembered_value_expires_with_its_ttl(store: Store) -> None:
+    """A value kept for a ttl is gone once the ttl has passed; one kept for good stays."""
+    short = timedelta(milliseconds=50)
+    await store.remember("brief", "soon gone", short)
+    await store.remember("lasting", "kept")
+    assert await store.recall("brief") == "soon gone"
+
+    async def expired() -> bool:
+        return await store.recall("brief") is None
+
+    await eventually(expired, "the remembered value to expire")
+    assert await store.recall("lasting") == "kept"
+    # Remembering again starts afresh.
+    await store.remember("brief", "back", CLAIM_TTL)
+    assert await store.recall("brief") == "back"
+
+
+async def test_remember_needs_a_positive_ttl(store: Store) -> None:
+    """A ttl of zero is refused and nothing is kept."""
+    with pytest.raises(ValueError, match="ttl"):
+        await store.remember("key", "value", timedelta(0))
+    assert await store.recall("key") is None

@@ -1,27 +1,35 @@
-"""The audit log channel: every audit event posted to ``LAM_AUDIT_CHANNEL``, in order.
+"""The audit log channel: every audit event posted to ``LAM_AUDIT_CHANNEL``, once, in order.
 
-The store is the source of truth. The poster tails ``store.audit_events(after_seq)`` and
-posts what it has not posted yet, a batch per message, one compact line per event; only
-after Slack accepts a batch does it move its position on and write it down (in the Slack
-front's state file). A Slack outage, a 429 or a crash therefore never loses an event: the
-batch is posted again later. The worst case is a batch posted twice, after a crash
-between Slack's answer and writing the position; each line starts with the event's
-sequence number, so a reader can tell.
+The store is the source of truth. The poster tails ``store.audit_events(position)`` and
+posts what the channel has not had yet, a batch per message, one compact line per event;
+only after Slack accepts a batch does it move the channel's position on, in the store. A
+Slack outage, a 429 or a crash therefore never loses an event: the batch is posted later.
 
-Run the poster in one process per audit channel (one ``lam serve`` replica sets
-``LAM_AUDIT_CHANNEL``): two would both post every event.
+With several replicas only the holder of the Slack lease posts (``bot.slack._lease``); a
+dead holder is replaced once its lease expires, and the new one carries on from the
+stored position. Should two replicas both believe they hold the lease (a renewal that came
+too late), each batch is also claimed in the store, by the seq it starts at, before each
+attempt to post it: the same events do not go out twice. One case is left: a crash
+between Slack accepting a batch and the position being stored; that batch is posted
+again. Each line starts with its event's seq, so a reader can tell.
+
+The gauge ``lam_audit_post_lag_events`` is how many stored events the channel lacks, as
+every replica sees it.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 
 import structlog
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.metrics import AUDIT_POST_LAG
 from bot.models import AuditEvent
+from bot.slack._lease import Lease
 from bot.slack._state import SlackState
 from bot.slack._tasks import woken
 from bot.slack.blocks import audit_line
@@ -41,6 +49,7 @@ class AuditPoster:
         store: Store,
         client: AsyncWebClient,
         state: SlackState,
+        lease: Lease,
         channel: str,
         *,
         poll_interval: float = 1.0,
@@ -55,6 +64,7 @@ class AuditPoster:
         self._store = store
         self._client = client
         self._state = state
+        self.lease = lease
         self._channel = channel
         self._poll = poll_interval
         self._batch_size = batch_size
@@ -64,59 +74,103 @@ class AuditPoster:
         self._sleep = sleep
         self._wake = asyncio.Event()
         self.posted = 0
-        """Events posted since start, for health and tests."""
+        """Events this poster has posted since it started, for tests."""
 
-    @property
-    def position(self) -> int:
-        """The ``seq`` of the last event Slack accepted."""
-        return self._state.audit_seq
+    async def position(self) -> int:
+        """The ``seq`` of the last event the channel got (from any replica)."""
+        return await self._state.audit_position(self._channel)
 
     def wake(self) -> None:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Post until ``stop`` is set; a batch in flight is finished first."""
+        """Post while holding the lease, until ``stop`` is set; a batch in flight is finished."""
         while not stop.is_set():
             self._wake.clear()
-            batch = await self._next_batch()
-            if not batch:
-                await woken(self._wake, stop, seconds=self._poll)
-                continue
-            if await self._post(batch, stop):
-                self._state.audit_seq = batch[-1].seq
-                self.posted += len(batch)
-                await self._state.save()
+            if self.lease.holding:
+                if await self._post_next(stop):
+                    continue
+            else:
+                # Every replica reports the lag, so a dead holder shows on the others.
+                await self._measure_lag()
+            await woken(self._wake, stop, seconds=self._poll)
 
     async def drain(self) -> None:
-        """Post everything stored so far, then return (for ``lam serve`` shutting down, tests)."""
-        never = asyncio.Event()
-        while batch := await self._next_batch():
-            if await self._post(batch, never):
-                self._state.audit_seq = batch[-1].seq
-                self.posted += len(batch)
-                await self._state.save()
+        """Post everything stored so far, then give the lease up (``lam serve`` stopping).
 
-    async def _next_batch(self) -> list[AuditEvent]:
-        batch: list[AuditEvent] = []
-        chars = 0
+        Returns at once when another replica holds the lease: that one posts instead.
+        """
+        if not await self.lease.renew():
+            log.info("audit_poster.drain_left_to_leader")
+            return
         try:
-            async for event in self._store.audit_events(self._state.audit_seq):
-                line = len(audit_line(event)) + 1
-                if batch and (len(batch) >= self._batch_size or chars + line > self._max_chars):
-                    break
-                batch.append(event)
-                chars += line
+            never = asyncio.Event()
+            while await self._post_next(never):
+                pass
+        finally:
+            await self.lease.release()
+
+    async def _post_next(self, stop: asyncio.Event) -> bool:
+        """Post the batch after the channel's position; whether there was one and it went."""
+        try:
+            position = await self._state.audit_position(self._channel)
+            head, _ = await self._store.audit_head()
+            AUDIT_POST_LAG.set(max(0, head - position))
+            batch = await self._next_batch(position)
         except Exception:
             # The store is down: nothing can be posted, and nothing is lost.
-            log.exception("audit_poster.store_unavailable", after_seq=self._state.audit_seq)
-            return []
+            log.exception("audit_poster.store_unavailable")
+            return False
+        if not batch or not await self._post(batch, stop):
+            return False
+        try:
+            await self._state.set_audit_position(self._channel, batch[-1].seq)
+        except Exception:
+            # Slack has the batch; without the position it goes out again later.
+            log.exception("audit_poster.position_not_stored", seq=batch[-1].seq)
+            return False
+        self.posted += len(batch)
+        AUDIT_POST_LAG.set(max(0, head - batch[-1].seq))
+        return True
+
+    async def _measure_lag(self) -> None:
+        try:
+            position = await self._state.audit_position(self._channel)
+            head, _ = await self._store.audit_head()
+        except Exception as error:  # The store is down; the last figure stands.
+            log.info("audit_poster.lag_unknown", error=str(error))
+            return
+        AUDIT_POST_LAG.set(max(0, head - position))
+
+    async def _next_batch(self, position: int) -> list[AuditEvent]:
+        batch: list[AuditEvent] = []
+        chars = 0
+        async for event in self._store.audit_events(position):
+            line = len(audit_line(event)) + 1
+            if batch and (len(batch) >= self._batch_size or chars + line > self._max_chars):
+                break
+            batch.append(event)
+            chars += line
         return batch
 
+    async def _still_mine(self, batch: list[AuditEvent]) -> bool:
+        """Whether this replica holds the lease (renewing it) and, claiming it again, the batch."""
+        if not await self.lease.renew():
+            return False
+        key = f"slack:audit:{self._channel}:batch:{batch[0].seq}"
+        ttl = timedelta(seconds=self.lease.ttl)
+        try:
+            return await self._store.claim(key, self.lease.holder, ttl) == self.lease.holder
+        except Exception as error:  # Unclaimed, the batch waits; nothing is lost.
+            log.warning("audit_poster.claim_failed", error=str(error))
+            return False
+
     async def _post(self, batch: list[AuditEvent], stop: asyncio.Event) -> bool:
-        """Post one batch, waiting out rate limits and outages; ``False`` if stopped first."""
+        """Post one batch, waiting out rate limits and outages; ``False`` if stopped first,
+        or when another replica has taken the lease or the batch meanwhile."""
         text = "\n".join(audit_line(event) for event in batch)
         delay = self._backoff
-        while True:
+        while await self._still_mine(batch):
             try:
                 await self._client.chat_postMessage(
                     channel=self._channel, text=text, unfurl_links=False, unfurl_media=False
@@ -139,6 +193,7 @@ class AuditPoster:
             if stop.is_set():
                 return False
             await self._sleep(wait)
+        return False
 
 
 def _retry_after(error: SlackApiError) -> float | None:

@@ -63,8 +63,11 @@ STATE_ICONS = {
     "cancelled": ":no_entry_sign:",
     "unplanned": ":grey_question:",
     "awaiting_approval": ":raising_hand:",
+    "clarifying": ":speech_balloon:",
     "executing": ":arrows_counterclockwise:",
 }
+MAX_TURNS_SHOWN = 5
+"""Earlier questions and answers shown on a plan message, the latest ones."""
 
 _REDACTOR = Redactor()
 
@@ -201,6 +204,11 @@ def plan_message(
         header(f"Request {record.id}: {state}"),
         context(f"{who(record.request.requester)} asked{where}: “{asked}”"),
     ]
+    for turn in record.conversation[-MAX_TURNS_SHOWN:]:
+        question, answer = escape(clip(turn.question, 300)), escape(clip(turn.answer, 300))
+        blocks.append(context(f"asked: “{question}” answered: “{answer}”"))
+    if record.state == "clarifying" and record.question:
+        blocks.append(question_block(record))
     if record.plan is not None and record.plan.dry_run:
         blocks.append(context(":test_tube: dry run: actions report what they would do"))
     decisions = {d.step_id: d for d in record.decisions}
@@ -232,6 +240,17 @@ def plan_message(
     blocks.append(context(" · ".join(footer)))
     text = f"{STATE_ICONS.get(record.state, '')} Request {record.id}: {state} — {asked}"
     return clip(text.strip(), 3000), blocks
+
+
+def question_block(record: RequestRecord) -> Block:
+    """The model's question about ``record``, and who may answer it, and how."""
+    asker = who(record.request.requester)
+    deadline = f" by {slack_date(record.expires_at)}" if record.expires_at else ""
+    question = escape(clip(record.question or "", 2000))
+    return section(
+        f":speech_balloon: *{question}*\n{asker}: reply in this thread to answer{deadline};"
+        " only you can."
+    )
 
 
 def _approval_line(approval: Any) -> str:

@@ -82,17 +82,17 @@ def register(app: AsyncApp, front: SlackFront) -> None:
         if event.get("channel_type") == "im":
             spawn_ask(identity, event)
             return
-        channel, thread = _channel_id(event.get("channel")), _text(event.get("thread_ts"))
-        text = _text(event.get("text")) or ""
-        if (
-            channel is not None
-            and thread is not None
-            and front.state.is_lam_thread(channel, thread)
-            # A reply that mentions LAM also arrives as app_mention; either makes the one
-            # request (they share the message's dedupe key), so skip the second early.
-            and f"<@{front.bot_user_id}" not in text
-        ):
-            spawn_ask(identity, event)
+        channel, ts = _channel_id(event.get("channel")), _text(event.get("ts"))
+        thread, text = _text(event.get("thread_ts")), _text(event.get("text")) or ""
+        # A reply that mentions LAM also arrives as app_mention; either makes the one
+        # request (they share the message's dedupe key), so skip the second early.
+        if channel is None or ts is None or thread is None or f"<@{front.bot_user_id}" in text:
+            return
+        # Whether the thread is LAM's is in the store: looked up after the ack.
+        work = asking.reply_in_thread(
+            front, identity, text=text, channel=channel, ts=ts, thread_ts=thread
+        )
+        front.background.spawn(work, name=f"reply:{channel}:{ts}")
 
     async def on_event(event: dict[str, Any], context: AsyncBoltContext) -> None:
         kind = event.get("type")

@@ -49,6 +49,10 @@ class SlackSettings(BaseSettings):
     )
     lam_slack_poll_seconds: float = Field(default=1.0, gt=0, alias="LAM_SLACK_POLL_SECONDS")
     """How often progress and the audit poster look for changes made by other processes."""
+    lam_slack_lease_seconds: float = Field(default=15.0, gt=0, alias="LAM_SLACK_LEASE_SECONDS")
+    """How long a replica that died keeps the Slack lease before another takes it over."""
+    lam_slack_update_seconds: float = Field(default=1.0, ge=0, alias="LAM_SLACK_UPDATE_SECONDS")
+    """Least time between two updates of one plan message while its request is moving."""
 
 
 def load_slack_settings() -> SlackSettings:
@@ -76,8 +80,18 @@ class SlackOptions:
     """Policy approver subject (``role:lead``) → Slack user group handle (``leads``)."""
     groups_refresh: float = 300.0
     poll_interval: float = 1.0
-    state_path: Path | None = None
-    """Where the front remembers plan messages and the audit position; ``None``: memory."""
+    update_interval: float = 1.0
+    """Least seconds between two updates of one plan message while its request moves on."""
+    lease_ttl: float = 15.0
+    """Seconds a dead replica keeps the Slack lease (``bot.slack._lease``) before another
+    takes it; the holder renews it every third of that."""
+    freeze_startup_objects: bool = False
+    """Move what exists once the front is up out of the garbage collector's view
+    (``gc.freeze``): ``lam serve`` does, so that a full collection does not pause acks
+    for tens of milliseconds walking objects that live as long as the process."""
+    legacy_state_path: Path | None = None
+    """Where an older LAM kept its Slack state (``slack-state.json``), moved into the store
+    at start."""
     page_size: int = 10
     """Items per page of a ``/lam`` listing."""
 
@@ -131,7 +145,10 @@ def slack_options(settings: Settings, slack: SlackSettings) -> SlackOptions:
         approver_groups=approver_groups(slack.lam_approver_groups),
         groups_refresh=slack.lam_slack_groups_refresh_seconds,
         poll_interval=slack.lam_slack_poll_seconds,
-        state_path=settings.home / "slack-state.json",
+        update_interval=slack.lam_slack_update_seconds,
+        lease_ttl=slack.lam_slack_lease_seconds,
+        legacy_state_path=settings.home / "slack-state.json",
+        freeze_startup_objects=True,
     )
 
 

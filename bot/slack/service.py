@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -26,7 +27,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.engine import Engine
 from bot.errors import ConfigError
 from bot.models import RequestRecord
-from bot.slack._state import SlackState
+from bot.slack._lease import Lease
+from bot.slack._state import SlackState, migrate
 from bot.slack.app import build_app
 from bot.slack.audit_poster import AuditPoster
 from bot.slack.front import SLACK_FAILURES, SlackFront
@@ -43,6 +45,8 @@ class SlackService:
     app: AsyncApp
     progress: Progress
     poster: AuditPoster | None
+    lease: Lease
+    """Whether this replica does the follow-up work (progress, the audit channel)."""
     socket: SocketModeClient | None = None
     """The Socket Mode connection, while there is one."""
 
@@ -112,33 +116,48 @@ async def open_service(
     """Check the token with Slack, build the front and its app, run progress and the poster."""
     client = web_client(options, session)
     team_id, bot_user_id = await check_slack(client, options)
+    state = SlackState(engine.store, team_id)
+    if options.legacy_state_path is not None:
+        await migrate(options.legacy_state_path, state, options.audit_channel)
+    lease = Lease(engine.store, ttl=options.lease_ttl)
     front = SlackFront(
         engine=engine,
         client=client,
         session=session,
         options=options,
-        state=SlackState(options.state_path),
+        state=state,
         directory=Directory(client, refresh=options.groups_refresh),
         bot_user_id=bot_user_id,
         team_id=team_id,
     )
-    progress = Progress(front, poll_interval=options.poll_interval)
+    progress = Progress(
+        front, lease, poll_interval=options.poll_interval, update_interval=options.update_interval
+    )
     front.tracker = progress
     poster = None
     if options.audit_channel is not None:
         poster = AuditPoster(
             engine.store,
             web_client(options, session, wait_out_rate_limits=False),
-            front.state,
+            state,
+            lease,
             options.audit_channel,
             poll_interval=options.poll_interval,
         )
-    service = SlackService(front, build_app(front), progress, poster)
+    service = SlackService(front, build_app(front), progress, poster, lease)
     engine.observers.append(service.observe)
     stop = asyncio.Event()
-    loops = [asyncio.create_task(progress.run(stop), name="slack-progress")]
+    # A lone replica, or one whose predecessor let go, follows up from the start.
+    await lease.renew()
+    loops = [
+        asyncio.create_task(lease.run(stop), name="slack-lease"),
+        asyncio.create_task(progress.run(stop), name="slack-progress"),
+    ]
     if poster is not None:
         loops.append(asyncio.create_task(poster.run(stop), name="slack-audit-poster"))
+    if options.freeze_startup_objects:
+        gc.collect()
+        gc.freeze()
     try:
         yield service
     finally:
@@ -146,4 +165,5 @@ async def open_service(
         await front.background.aclose()
         stop.set()
         await asyncio.gather(*loops, return_exceptions=True)
-        await front.state.save()
+        # Another replica takes over at its next renewal rather than after the ttl.
+        await lease.release()

@@ -5,7 +5,11 @@ Every change to a request is one atomic ``save``: the new record (compare-and-se
 hold a state that its audit trail does not explain, or the other way round.
 
 A store also keeps short-lived claims (``claim``), so that a request delivered twice (a
-Slack retry, a second replica receiving the same event) is recorded and run only once.
+Slack retry, a second replica receiving the same event) is recorded and run only once; a
+claim its owner renews is a lease (one replica at a time does something). And it keeps a
+small shared memory (``remember``, ``recall``) for what the fronts must agree on across
+replicas (where a plan message is, how far a feed has got), never for anything the audit
+trail has to explain.
 """
 
 from __future__ import annotations
@@ -76,10 +80,22 @@ class Store(Protocol):
 
         Atomic: of many concurrent claims of one free key (from any process), exactly one
         wins and every claimant gets the winner's id back. The owner's own claim returns its
-        id again, so a request retried after a lost reply is not its own duplicate. Once
-        ``ttl`` has passed (by the store's clock) the key is free for a new claim. Raises
-        ``ValueError`` for a ``ttl`` that is not positive.
+        id again and renews the claim for ``ttl`` from now, so a request retried after a lost
+        reply is not its own duplicate, and a holder that keeps claiming keeps a lease (a
+        tiny ``ttl`` gives it up). Once ``ttl`` has passed (by the store's clock) the key is
+        free for a new claim. Raises ``ValueError`` for a ``ttl`` that is not positive.
         """
+        ...
+
+    async def remember(self, key: str, value: str, ttl: timedelta | None = None) -> None:
+        """Keep ``value`` under ``key``, replacing what was there, for ``ttl`` or for good.
+
+        Raises ``ValueError`` for a ``ttl`` that is not positive.
+        """
+        ...
+
+    async def recall(self, key: str) -> str | None:
+        """The value kept under ``key``; ``None`` when there is none or its ``ttl`` has passed."""
         ...
 
     async def aclose(self) -> None: ...

@@ -22,6 +22,7 @@ Key layout, after the prefix:
 - ``schema``: the layout version.
 - ``dedupe:{key}``: the id of the request that claimed ``key`` (``claim``), expiring with
   the claim.
+- ``memory:{key}``: a value kept by ``remember``, expiring with its ttl if it has one.
 
 Every change is one ``WATCH`` … ``MULTI``/``EXEC`` transaction. Redis scripts cannot take
 a sha256, so events are sealed here, under ``WATCH`` of the chain head: when another
@@ -67,6 +68,18 @@ MAX_ATTEMPTS = 50
 CONNECT_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 10.0
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
+CLAIM_SCRIPT = """
+local owner = redis.call('GET', KEYS[1])
+if not owner then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return ARGV[1]
+end
+if owner == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return owner
+"""
+"""Claim a free key, renew the claimant's own, or name the owner: one atomic step."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +137,7 @@ class RedisStore:
         self.retries = 0
         """How many transactions started over because another writer moved first (a metric)."""
         self._redis = client
+        self._claim_script = client.register_script(CLAIM_SCRIPT)
         # One change at a time per store: coroutines of one process queue here instead of
         # failing each other's EXEC on the shared chain head and burning their attempts.
         self._writing = asyncio.Lock()
@@ -309,31 +323,35 @@ class RedisStore:
     async def claim(self, key: str, request_id: str, ttl: timedelta) -> str:
         """Claim ``key`` for ``request_id`` for ``ttl``; return the request id that owns it.
 
-        ``SET NX PX`` and ``GET`` in one ``MULTI``/``EXEC``: one round trip, and no other
-        client's command runs between the two. Redis expires the claim by its own clock.
+        One script, so no other client's command runs between reading the owner and
+        claiming or renewing; Redis expires the claim by its own clock.
         """
-        if ttl <= timedelta(0):
-            raise ValueError(f"a claim's ttl must be positive, not {ttl!r}")
-        # Whole milliseconds, rounded up: a ttl below one would otherwise be no claim at all.
-        milliseconds = -(-ttl // timedelta(milliseconds=1))
-        name = self._key(f"dedupe:{key}")
-        for _ in range(MAX_ATTEMPTS):
-            try:
-                async with self._redis.pipeline(transaction=True) as pipe:
-                    pipe.set(name, request_id, nx=True, px=milliseconds)
-                    pipe.get(name)
-                    replies: list[bool | str | None] = await pipe.execute()
-                owner = replies[1]
-            except UNREACHABLE as error:
-                raise self._unreachable(error) from error
-            # Redis 7 freezes its clock for the whole EXEC; an older one may expire the
-            # claim that refused ours before GET reads it. The key is free then: claim again.
-            if isinstance(owner, str):
-                return owner
-        raise StoreUnavailable(
-            f"the claim of {key!r} under {self.prefix!r} expired {MAX_ATTEMPTS} times as it"
-            " was read; nothing was claimed; retry with a longer ttl"
-        )
+        _check_ttl(ttl, "a claim")
+        try:
+            owner: bytes | str = await self._claim_script(
+                keys=[self._key(f"dedupe:{key}")], args=[request_id, _milliseconds(ttl)]
+            )
+        except UNREACHABLE as error:
+            raise self._unreachable(error) from error
+        return _text(owner)
+
+    async def remember(self, key: str, value: str, ttl: timedelta | None = None) -> None:
+        """Keep ``value`` under ``key`` for ``ttl`` (Redis expires it) or for good."""
+        if ttl is not None:
+            _check_ttl(ttl, "a remembered value")
+        try:
+            await self._redis.set(
+                self._key(f"memory:{key}"), value, px=None if ttl is None else _milliseconds(ttl)
+            )
+        except UNREACHABLE as error:
+            raise self._unreachable(error) from error
+
+    async def recall(self, key: str) -> str | None:
+        """The value kept under ``key``; ``None`` when there is none or it has expired."""
+        try:
+            return _text(await self._redis.get(self._key(f"memory:{key}")))
+        except UNREACHABLE as error:
+            raise self._unreachable(error) from error
 
     async def aclose(self) -> None:
         """Close the connections once the operations in flight, if any, have finished."""
@@ -658,6 +676,16 @@ def _text(value: bytes | str | None) -> str | None: ...
 def _text(value: bytes | str | None) -> str | None:
     """A reply as text; the client decodes replies, but redis-py types them as either."""
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _check_ttl(ttl: timedelta, what: str) -> None:
+    if ttl <= timedelta(0):
+        raise ValueError(f"{what}'s ttl must be positive, not {ttl!r}")
+
+
+def _milliseconds(ttl: timedelta) -> int:
+    """Whole milliseconds, rounded up: a ttl below one would otherwise be no ttl at all."""
+    return -(-ttl // timedelta(milliseconds=1))
 
 
 def _utc(moment: datetime) -> datetime:

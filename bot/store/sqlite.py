@@ -84,6 +84,16 @@ _SCHEMA = (
     )
     """,
     "CREATE INDEX IF NOT EXISTS dedupe_by_expiry ON dedupe (expires_at)",
+    # Values of ``remember``; ``expires_at`` NULL keeps one for good. Like ``dedupe``, a
+    # table an older LAM never reads.
+    """
+    CREATE TABLE IF NOT EXISTS memory (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        expires_at TEXT
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS memory_by_expiry ON memory (expires_at)",
 )
 
 
@@ -303,10 +313,10 @@ class SqliteStore:
         """Claim ``key`` for ``request_id`` for ``ttl``; return the request id that owns it.
 
         One ``BEGIN IMMEDIATE`` transaction: an expired claim of ``key`` is replaced, a live
-        one kept, and expired claims of other keys are removed on the way.
+        one kept (and renewed when ``request_id`` owns it), and expired claims of other keys
+        are removed on the way.
         """
-        if ttl <= timedelta(0):
-            raise ValueError(f"a claim's ttl must be positive, not {ttl!r}")
+        _check_ttl(ttl, "a claim")
         now = self.clock()
         return await self._call(
             partial(self._claim, key, request_id, _utc_text(now), _utc_text(now + ttl))
@@ -317,11 +327,42 @@ class SqliteStore:
             db.execute("DELETE FROM dedupe WHERE expires_at <= ?", (now,))
             db.execute(
                 "INSERT INTO dedupe (key, request_id, expires_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (key) DO NOTHING",
+                " ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at"
+                " WHERE dedupe.request_id = excluded.request_id",
                 (key, request_id, expires_at),
             )
             row = db.execute("SELECT request_id FROM dedupe WHERE key = ?", (key,)).fetchone()
             return str(row[0])
+
+    async def remember(self, key: str, value: str, ttl: timedelta | None = None) -> None:
+        """Keep ``value`` under ``key`` for ``ttl`` (by the store's clock) or for good.
+
+        Expired values of other keys are removed on the way.
+        """
+        if ttl is not None:
+            _check_ttl(ttl, "a remembered value")
+        now = self.clock()
+        expires_at = None if ttl is None else _utc_text(now + ttl)
+
+        def remember() -> None:
+            with _transaction(self._connection()) as db:
+                db.execute("DELETE FROM memory WHERE expires_at <= ?", (_utc_text(now),))
+                db.execute(
+                    "INSERT INTO memory (key, value, expires_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET"
+                    " value = excluded.value, expires_at = excluded.expires_at",
+                    (key, value, expires_at),
+                )
+
+        await self._call(remember)
+
+    async def recall(self, key: str) -> str | None:
+        """The value kept under ``key``; ``None`` when there is none or it has expired."""
+        rows = await self._fetch(
+            "SELECT value FROM memory WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)",
+            (key, _utc_text(self.clock())),
+        )
+        return str(rows[0][0]) if rows else None
 
     async def aclose(self) -> None:
         """Close the file once the operation in flight, if any, has finished."""
@@ -335,6 +376,11 @@ class SqliteStore:
             return self._connection().execute(query, parameters).fetchall()
 
         return await self._call(fetch)
+
+
+def _check_ttl(ttl: timedelta, what: str) -> None:
+    if ttl <= timedelta(0):
+        raise ValueError(f"{what}'s ttl must be positive, not {ttl!r}")
 
 
 def _connect(path: Path) -> sqlite3.Connection:

@@ -104,7 +104,8 @@ def options(sim: SlackSimulator, tmp_path: Path) -> SlackOptions:
         channel_environments={"C0PROD": "prod", "C0OPS": "staging"},
         approver_groups={"role:lead": "leads"},
         poll_interval=0.02,
-        state_path=tmp_path / "slack-state.json",
+        update_interval=0.02,
+        lease_ttl=5.0,
         page_size=3,
     )
 

@@ -1,9 +1,10 @@
-"""``serve(settings)``, as ``lam serve`` runs it: settings from the environment, Socket Mode."""
+"""``serve(settings)``, as ``lam serve`` runs it: in-process over Socket Mode, and the command."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import socket
 from pathlib import Path
 
@@ -11,15 +12,26 @@ import aiohttp
 import pytest
 
 from bot.config import Settings
-from bot.slack.server import serve
+from bot.slack.server import EVENTS_PATH, serve
+from bot.store.sqlite import SqliteStore
 from tests.slack.conftest import texts
-from tests.support.slack import SlackSimulator
+from tests.support.slack import SIGNING_SECRET, SlackSimulator
+from tests.support.slack_process import lam_serve
 
 
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+async def audit_caught_up(home: Path) -> tuple[int, str | None]:
+    """The audit head of the SQLite store in ``home``, and the audit channel's position."""
+    store = await SqliteStore.open(home / "lam.db")
+    try:
+        return (await store.audit_head())[0], await store.recall("slack:audit:C0AUDIT")
+    finally:
+        await store.aclose()
 
 
 async def test_serve_in_socket_mode(
@@ -55,4 +67,40 @@ async def test_serve_in_socket_mode(
         with contextlib.suppress(asyncio.CancelledError):
             await serving
     assert (tmp_path / "home" / "lam.db").exists()
-    assert (tmp_path / "home" / "slack-state.json").exists()
+    # What the front keeps lives in the store now, not in a file of its own.
+    assert not (tmp_path / "home" / "slack-state.json").exists()
+
+
+async def test_lam_serve_over_http(sim: SlackSimulator, policy_dir: Path, tmp_path: Path) -> None:
+    """``lam serve`` over HTTP plans a signed mention in its thread, and exits 0 on SIGTERM."""
+    home = tmp_path / "home"
+    env = {
+        "LAM_HOME": str(home),
+        "LAM_POLICY_DIR": str(policy_dir),
+        "SLACK_BOT_TOKEN": sim.bot_token,
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "SLACK_API_URL": sim.api_url,
+        "LAM_AUDIT_CHANNEL": "C0AUDIT",
+        "LAM_SLACK_POLL_SECONDS": "0.02",
+    }
+    async with lam_serve(env) as lam:
+        forged = await sim.send_raw(lam.url + EVENTS_PATH, "{}", sign=False)
+        assert forged.status == 401
+        mention = sim.app_mention("what is the meaning of life", channel="C0OPS")
+        delivery = await sim.send_event(lam.url + EVENTS_PATH, mention)
+        assert delivery.status == 200
+        plan = await sim.wait_for_call(
+            "chat.postMessage", lambda c: c.args.get("thread_ts") == mention["ts"]
+        )
+        await sim.wait_for_call(
+            "chat.update",
+            lambda c: (
+                c.args.get("ts") == plan.response["ts"] and "could not be planned" in texts(c)
+            ),
+        )
+        lam.process.send_signal(signal.SIGTERM)
+        assert await lam.process.wait() == 0
+        await lam.wait_for_log("shutdown.finished")
+    # Stopping brought the audit channel up to date, and said where it got to.
+    head, position = await audit_caught_up(home)
+    assert head > 0 and position == str(head)
