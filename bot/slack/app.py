@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 import structlog
 from slack_bolt.app.async_app import AsyncApp
@@ -54,10 +55,33 @@ class RequestContext(AsyncMiddleware):
             "slack_type": body.get("type") or ("command" if "command" in body else None),
             "slack_event_id": body.get("event_id"),
             "slack_event": event.get("type") if isinstance(event, dict) else None,
+            "slack_channel": channel_of(body),
             "slack_user": identity.subject if identity else None,
         }
-        with structlog.contextvars.bound_contextvars(**{k: v for k, v in ids.items() if v}):
-            return await next()
+        # bolt runs the listeners after the middleware chain has returned, in the same
+        # task: a `with` block here would be gone by then. The delivery's ids stay bound
+        # for the rest of its task (and the work it hands off copies them); the ids of a
+        # previous delivery handled by the same task are dropped first.
+        structlog.contextvars.unbind_contextvars(*ids)
+        structlog.contextvars.bind_contextvars(**{k: v for k, v in ids.items() if v})
+        return await next()
+
+
+def channel_of(body: Mapping[str, Any]) -> str | None:
+    """The channel of an event, a slash command, or an interaction, for log lines."""
+    event = body.get("event")
+    container = body.get("container")
+    for candidate in (
+        event.get("channel") if isinstance(event, Mapping) else None,
+        body.get("channel_id"),
+        body.get("channel"),
+        container.get("channel_id") if isinstance(container, Mapping) else None,
+    ):
+        if isinstance(candidate, Mapping):
+            candidate = candidate.get("id")
+        if isinstance(candidate, str) and candidate:
+            return candidate
+    return None
 
 
 def build_app(front: SlackFront) -> AsyncApp:
