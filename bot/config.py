@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -121,7 +122,13 @@ class Settings(BaseSettings):
             self.openai_api_key,
             self.redis_url,
         )
-        return [value.get_secret_value() for value in values if value is not None]
+        found = [value.get_secret_value() for value in values if value is not None]
+        if self.redis_url is not None:
+            # The password can surface alone (an error quoting the AUTH it sent).
+            password = urlsplit(self.redis_url.get_secret_value()).password
+            if password:
+                found.append(unquote(password))
+        return found
 
 
 def load_settings() -> Settings:

@@ -95,6 +95,13 @@ class PostgresSettings(BaseModel):
             application_name=named or application_name,
         )
 
+    def secret_parts(self) -> list[str]:
+        """The password inside the dsn: a row or an error can carry it on its own."""
+        if self.dsn is None:
+            return []
+        password = conninfo_to_dict(self.dsn.get_secret_value()).get("password")
+        return [str(password)] if password else []
+
     def target(self) -> str:
         """Where the connector connects, without the password, for messages and logs."""
         params = conninfo_to_dict(self.conninfo("lam"))

@@ -93,6 +93,15 @@ class BasicAuth(BaseModel):
     username: str
     password: Secret
 
+    def encoded(self) -> str:
+        """``username:password`` as the Authorization header carries it."""
+        credentials = f"{self.username}:{self.password.get_secret_value()}"
+        return base64.b64encode(credentials.encode()).decode()
+
+    def secret_parts(self) -> list[str]:
+        """The encoded form: a server echoing the header echoes this, not the password."""
+        return [self.encoded()]
+
 
 class HeaderAuth(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -383,10 +392,9 @@ def _credentials(
         token = auth.token.get_secret_value()
         return {"Authorization": f"Bearer {token}"}, [token]
     if isinstance(auth, BasicAuth):
-        password = auth.password.get_secret_value()
-        encoded = base64.b64encode(f"{auth.username}:{password}".encode()).decode()
+        encoded = auth.encoded()
         return {"Authorization": f"Basic {encoded}"}, sorted(
-            [encoded, password], key=len, reverse=True
+            [encoded, auth.password.get_secret_value()], key=len, reverse=True
         )
     value = auth.value.get_secret_value()
     return {auth.name: value}, [value]

@@ -64,7 +64,6 @@ from typing import Annotated, Any, ClassVar, TypeVar
 import psycopg
 import structlog
 from psycopg import errors, sql
-from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
 from pydantic import AfterValidator, BaseModel, Field, JsonValue, create_model
 
@@ -162,11 +161,8 @@ class PostgresConnector:
         self.settings = settings
         self._conninfo = settings.conninfo(application_name=f"lam/{name}")
         self._target = settings.target()
-        # The password alone too: a dsn is one secret, and its password is part of it.
-        password = conninfo_to_dict(self._conninfo).get("password")
-        self._redactor = Redactor(
-            [*secret_values(settings), *([str(password)] if password else [])]
-        )
+        # secret_values includes the password inside a dsn (PostgresSettings.secret_parts).
+        self._redactor = Redactor(secret_values(settings))
         self._actions: tuple[Action, ...] = ()
 
     async def start(self, changed: Callable[[], None]) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, BeforeValidator, SecretStr
 
@@ -52,6 +52,16 @@ Secret = Annotated[SecretStr, BeforeValidator(resolve_reference)]
 """A settings field holding a secret, written in ``lam.yaml`` as a reference."""
 
 
+@runtime_checkable
+class HoldsSecretParts(Protocol):
+    """Settings whose secrets hold other secrets: the password inside a DSN, or a secret
+    sent in another form (base64 for basic auth). Each part can surface on its own."""
+
+    def secret_parts(self) -> list[str]:
+        """The secrets inside or derived from the model's secrets, masked on their own too."""
+        ...
+
+
 def secret_values(settings: object) -> list[str]:
     """Every resolved secret in a settings model, however deeply nested."""
     return [secret.get_secret_value() for secret in _secrets_in(settings)]
@@ -63,6 +73,8 @@ def _secrets_in(value: object) -> Iterator[SecretStr]:
     elif isinstance(value, BaseModel):
         for name in type(value).model_fields:
             yield from _secrets_in(getattr(value, name))
+        if isinstance(value, HoldsSecretParts):
+            yield from map(SecretStr, value.secret_parts())
     elif isinstance(value, dict):
         for item in value.values():
             yield from _secrets_in(item)
