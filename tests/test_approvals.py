@@ -22,8 +22,10 @@ from bot.planning import Planner
 from bot.planning.aliases import AliasPlanner
 from bot.policy import Policy
 from connectors import Catalog
-from tests.conftest import ENGINE_POLICY, REPO, EngineFactory, write_policy
+from tests.conftest import ENGINE_POLICY, EngineFactory
 from tests.support.actions import ScriptedConnector
+from tests.support.lam_process import run_lam
+from tests.support.policies import REPO, write_policy
 
 QUORUM_POLICY = ENGINE_POLICY + "q, prod, test.restart, *, 2\nprotect, prod\n"
 
@@ -257,24 +259,7 @@ def test_concurrent_approvals_from_several_processes_run_once(tmp_path: Path) ->
         "LAM_HOME": str(tmp_path / "home"),
         "LAM_POLICY_DIR": str(policies),
     }
-    asked = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bot.cli",
-            "ask",
-            "run shell.uptime in prod",
-            "--as",
-            "alice",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=60,
-        check=False,
-    )
+    asked = run_lam("ask", "run shell.uptime in prod", "--as", "alice", "--json", env=env)
     request_id = json.loads(asked.stdout)["id"]
     assert json.loads(asked.stdout)["state"] == "awaiting_approval", asked.stdout
 
@@ -301,24 +286,9 @@ def test_concurrent_approvals_from_several_processes_run_once(tmp_path: Path) ->
     assert [o.get("state") for o in outcomes].count("succeeded") == 1, outcomes
     assert all("state" in o or "not awaiting approval" in o["refused"] for o in outcomes)
 
-    events = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "audit", "tail", "-n", "100"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=60,
-        check=True,
-    ).stdout
-    assert events.count("request.executing") == 1
-    assert events.count("step.started") == 1
-    verified = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "audit", "verify"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=60,
-        check=False,
-    )
+    tail = run_lam("audit", "tail", "-n", "100", env=env)
+    assert tail.returncode == 0, tail.stderr
+    assert tail.stdout.count("request.executing") == 1
+    assert tail.stdout.count("step.started") == 1
+    verified = run_lam("audit", "verify", env=env)
     assert verified.returncode == 0, verified.stderr

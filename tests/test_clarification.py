@@ -6,22 +6,18 @@ runs on a real SQLite store with the test policy and scripted actions.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
 from bot.engine import Engine
 from bot.errors import IllegalTransition, InvalidInput, PolicyDenied
-from bot.models import AuditEvent, Request
+from bot.models import Request
 from bot.planning.aliases import AliasPlanner
 from bot.planning.chain import ChainPlanner
-from bot.policy import Policy
-from bot.store.redis import RedisStore
-from connectors import Catalog
-from tests.conftest import EngineFactory
+from tests.conftest import EngineFactory, RedisEngineFactory
 from tests.support.actions import ScriptedConnector
+from tests.support.audit_trail import events_of
 from tests.support.openai_server import (
     Check,
     RecordedRequest,
@@ -35,36 +31,9 @@ from tests.support.openai_server import (
 
 WHICH = "Which service: web or api?"
 
-LlmEngineFactory = Callable[..., Engine]
-
 
 @pytest.fixture
-async def server() -> AsyncIterator[ScriptedOpenAI]:
-    async with ScriptedOpenAI.running() as scripted:
-        yield scripted
-        scripted.assert_done()
-
-
-@pytest.fixture
-async def make_llm_engine(
-    make_engine: EngineFactory, server: ScriptedOpenAI
-) -> AsyncIterator[LlmEngineFactory]:
-    """Engines planning with the offline phrasings, then the scripted model."""
-    planners: list[ChainPlanner] = []
-
-    def make(**options: object) -> Engine:
-        engine = make_engine(**options)
-        engine.planner = ChainPlanner(AliasPlanner(), planner_on(server))
-        planners.append(engine.planner)
-        return engine
-
-    yield make
-    for planner in planners:
-        await planner.aclose()
-
-
-@pytest.fixture
-def engine(make_llm_engine: LlmEngineFactory) -> Engine:
+def engine(make_llm_engine: EngineFactory) -> Engine:
     return make_llm_engine()
 
 
@@ -76,10 +45,6 @@ def clarify(question: str = WHICH, *, check: Check | None = None) -> Reply:
     return tool_calls(("clarify", {"question": question}), check=check)
 
 
-async def events_of(engine: Engine, request_id: str) -> list[AuditEvent]:
-    return [e async for e in engine.store.audit_events() if e.request_id == request_id]
-
-
 def clarification_block(request: RecordedRequest) -> str:
     (prompt,) = request.contents("user")
     (block,) = data_blocks(prompt, "clarification")
@@ -87,7 +52,7 @@ def clarification_block(request: RecordedRequest) -> str:
 
 
 async def test_the_requesters_answer_plans_and_runs_the_same_request(
-    engine: Engine, server: ScriptedOpenAI, connector: ScriptedConnector
+    engine: Engine, openai_server: ScriptedOpenAI, connector: ScriptedConnector
 ) -> None:
     """A question waits in the request; the answer is shown to the model as data and it runs."""
 
@@ -97,7 +62,7 @@ async def test_the_requesters_answer_plans_and_runs_the_same_request(
         assert clarification_block(request) == f"Q1: {WHICH}\nA1: web"
         assert "Environment: staging" in prompt
 
-    server.enqueue(
+    openai_server.enqueue(
         clarify(), tool_calls(("test__restart", {"service": "web"}), check=sees_the_answer)
     )
     asked = await engine.ask(ask("bounce it in staging"))
@@ -132,10 +97,10 @@ async def test_the_requesters_answer_plans_and_runs_the_same_request(
 
 
 async def test_only_the_requester_may_answer_and_a_refused_answer_changes_nothing(
-    engine: Engine, server: ScriptedOpenAI
+    engine: Engine, openai_server: ScriptedOpenAI
 ) -> None:
     """Someone else's answer, an empty one and one with hidden characters are refused."""
-    server.enqueue(clarify())
+    openai_server.enqueue(clarify())
     asked = await engine.ask(ask("bounce it in staging"))
 
     with pytest.raises(PolicyDenied, match="only user:alice, who asked for request"):
@@ -151,11 +116,11 @@ async def test_only_the_requester_may_answer_and_a_refused_answer_changes_nothin
         "clarifying",
         WHICH,
     )
-    assert len(server.requests) == 1
+    assert len(openai_server.requests) == 1
 
 
 async def test_an_answer_to_a_request_that_is_not_waiting_is_refused(
-    engine: Engine, server: ScriptedOpenAI
+    engine: Engine, openai_server: ScriptedOpenAI
 ) -> None:
     """A request planned without a question, or answered already, takes no answer."""
     planned = await engine.ask(ask("restart web in staging"))
@@ -163,7 +128,7 @@ async def test_an_answer_to_a_request_that_is_not_waiting_is_refused(
     with pytest.raises(IllegalTransition, match="is finished successfully, not waiting for an"):
         await engine.answer(planned.id, "user:alice", "web")
 
-    server.enqueue(clarify(), tool_calls(("test__noop", {})))
+    openai_server.enqueue(clarify(), tool_calls(("test__noop", {})))
     asked = await engine.ask(ask("bounce it in staging"))
     await engine.answer(asked.id, "user:alice", "web")
     with pytest.raises(IllegalTransition, match="not waiting for an answer; nothing changed"):
@@ -171,7 +136,7 @@ async def test_an_answer_to_a_request_that_is_not_waiting_is_refused(
 
 
 async def test_questions_are_bounded_and_then_the_request_is_unplanned(
-    make_llm_engine: LlmEngineFactory, server: ScriptedOpenAI
+    make_llm_engine: EngineFactory, openai_server: ScriptedOpenAI
 ) -> None:
     """After max_clarifications answers another question ends the request unplanned."""
     engine = make_llm_engine(max_clarifications=2)
@@ -179,7 +144,7 @@ async def test_questions_are_bounded_and_then_the_request_is_unplanned(
     def sees_both_answers(request: RecordedRequest) -> None:
         assert clarification_block(request) == "Q1: Which?\nA1: web\nQ2: Where?\nA2: there"
 
-    server.enqueue(
+    openai_server.enqueue(
         clarify("Which?"), clarify("Where?"), clarify("Really?", check=sees_both_answers)
     )
     asked = await engine.ask(ask("bounce it in staging"))
@@ -195,21 +160,21 @@ async def test_questions_are_bounded_and_then_the_request_is_unplanned(
 
 
 async def test_with_no_questions_allowed_a_question_ends_the_request(
-    make_llm_engine: LlmEngineFactory, server: ScriptedOpenAI
+    make_llm_engine: EngineFactory, openai_server: ScriptedOpenAI
 ) -> None:
     """max_clarifications=0 keeps the old behaviour: the question is the unplanned reason."""
     engine = make_llm_engine(max_clarifications=0)
-    server.enqueue(clarify())
+    openai_server.enqueue(clarify())
     record = await engine.ask(ask("bounce it in staging"))
     assert record.state == "unplanned"
     assert record.reason == f"LAM needs to know more before planning: {WHICH}"
 
 
 async def test_a_waiting_question_is_cancelled_by_its_requester_only(
-    engine: Engine, server: ScriptedOpenAI
+    engine: Engine, openai_server: ScriptedOpenAI
 ) -> None:
     """Only the requester cancels a question (there is no plan to approve); then no answer."""
-    server.enqueue(clarify())
+    openai_server.enqueue(clarify())
     asked = await engine.ask(ask("bounce it in staging"))
     with pytest.raises(PolicyDenied, match="only the requester or an approver may cancel"):
         await engine.cancel(asked.id, "user:bob")
@@ -220,11 +185,11 @@ async def test_a_waiting_question_is_cancelled_by_its_requester_only(
 
 
 async def test_a_question_left_unanswered_expires(
-    make_llm_engine: LlmEngineFactory, server: ScriptedOpenAI
+    make_llm_engine: EngineFactory, openai_server: ScriptedOpenAI
 ) -> None:
     """A question waits as long as an approval would; after that the request is expired."""
     engine = make_llm_engine(approval_ttl=timedelta(0))
-    server.enqueue(clarify())
+    openai_server.enqueue(clarify())
     asked = await engine.ask(ask("bounce it in staging"))
     assert asked.state == "clarifying"
     expired = await engine.show(asked.id)
@@ -235,14 +200,14 @@ async def test_a_question_left_unanswered_expires(
 
 
 async def test_the_answer_may_name_the_environment_left_open_but_not_another(
-    engine: Engine, server: ScriptedOpenAI
+    engine: Engine, openai_server: ScriptedOpenAI
 ) -> None:
     """An answer can say 'in staging' for a request that named none, never move one elsewhere."""
 
     def in_staging(request: RecordedRequest) -> None:
         assert "Environment: staging" in request.contents("user")[0]
 
-    server.enqueue(
+    openai_server.enqueue(
         clarify(), tool_calls(("test__restart", {"service": "web"}), check=in_staging), clarify()
     )
     open_ended = await engine.ask(ask("bounce it"))
@@ -258,7 +223,7 @@ async def test_the_answer_may_name_the_environment_left_open_but_not_another(
 
 
 async def test_an_injected_answer_stays_data_and_its_purge_meets_policy(
-    engine: Engine, server: ScriptedOpenAI, connector: ScriptedConnector
+    engine: Engine, openai_server: ScriptedOpenAI, connector: ScriptedConnector
 ) -> None:
     """An answer posing as LAM stays in its data block; the purge it wants is never offered."""
     injected = (
@@ -270,7 +235,7 @@ async def test_an_injected_answer_stays_data_and_its_purge_meets_policy(
         assert "test__purge" not in request.tool_names
         assert clarification_block(request) == f"Q1: {WHICH}\nA1: {injected}"
 
-    server.enqueue(
+    openai_server.enqueue(
         clarify(),
         *(tool_calls(("test__purge", {"service": "db"}), check=labelled) for _ in range(3)),
     )
@@ -282,10 +247,10 @@ async def test_an_injected_answer_stays_data_and_its_purge_meets_policy(
 
 
 async def test_a_model_that_answers_in_words_after_the_answer_leaves_it_unplanned(
-    engine: Engine, server: ScriptedOpenAI
+    engine: Engine, openai_server: ScriptedOpenAI
 ) -> None:
     """After an answer the model may still find no action; the request ends unplanned."""
-    server.enqueue(clarify(), text("None of the tools can do that."))
+    openai_server.enqueue(clarify(), text("None of the tools can do that."))
     asked = await engine.ask(ask("bounce it in staging"))
     record = await engine.answer(asked.id, "user:alice", "the coffee machine")
     assert record.state == "unplanned"
@@ -294,22 +259,15 @@ async def test_a_model_that_answers_in_words_after_the_answer_leaves_it_unplanne
 
 
 async def test_waiting_requests_are_found_by_state_in_the_redis_store(
-    redis_url: str, redis_prefix: str, policy_dir: Path, server: ScriptedOpenAI
+    open_redis_engine: RedisEngineFactory, openai_server: ScriptedOpenAI
 ) -> None:
     """The Redis store indexes the new state like any other, and the answer moves it out."""
-    store = await RedisStore.open(redis_url, prefix=redis_prefix)
-    engine = Engine(
-        store=store,
-        policy=Policy.load(policy_dir),
-        catalog=Catalog([ScriptedConnector()]),
-        planner=ChainPlanner(AliasPlanner(), planner_on(server)),
+    engine = await open_redis_engine(
+        planner=ChainPlanner(AliasPlanner(), planner_on(openai_server))
     )
-    try:
-        server.enqueue(clarify(), tool_calls(("test__noop", {})))
-        asked = await engine.ask(ask("bounce it in staging"))
-        waiting = await store.history(states=frozenset({"clarifying"}), requester="user:alice")
-        assert [(r.id, r.question) for r in waiting] == [(asked.id, WHICH)]
-        assert (await engine.answer(asked.id, "user:alice", "web")).state == "succeeded"
-        assert await store.history(states=frozenset({"clarifying"})) == []
-    finally:
-        await engine.aclose()
+    openai_server.enqueue(clarify(), tool_calls(("test__noop", {})))
+    asked = await engine.ask(ask("bounce it in staging"))
+    waiting = await engine.store.history(states=frozenset({"clarifying"}), requester="user:alice")
+    assert [(r.id, r.question) for r in waiting] == [(asked.id, WHICH)]
+    assert (await engine.answer(asked.id, "user:alice", "web")).state == "succeeded"
+    assert await engine.store.history(states=frozenset({"clarifying"})) == []

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar
@@ -14,12 +14,15 @@ from typing import ClassVar
 import pytest
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from bot.config import Settings
 from bot.errors import ConfigError
 from connectors import Action, ConnectorConfig, describe_validation_error, start_connectors
+from connectors.http import BasicAuth
 from connectors.secrets import Secret, secret_values
 from tests.support.actions import ScriptedConnector
+from tests.support.lam_process import run_lam
+from tests.support.policies import SHIPPED_POLICIES
 
-REPO = Path(__file__).resolve().parent.parent
 CANARY = "canary-7f3a9c2e-secret"
 
 
@@ -148,17 +151,10 @@ def lam(*args: str, config: Path, env: dict[str, str]) -> subprocess.CompletedPr
         "PATH": os.environ["PATH"],
         "LAM_HOME": str(config.parent),
         "LAM_CONFIG": str(config),
-        "LAM_POLICY_DIR": str(REPO / "policies"),
+        "LAM_POLICY_DIR": str(SHIPPED_POLICIES),
         **env,
     }
-    return subprocess.run(
-        [sys.executable, "-m", "bot.cli", *args],
-        capture_output=True,
-        text=True,
-        env=environment,
-        timeout=60,
-        cwd=REPO,
-    )
+    return run_lam(*args, env=environment)
 
 
 def test_config_check_prints_the_effective_configuration_masked(tmp_path: Path) -> None:
@@ -203,3 +199,15 @@ def test_lam_connectors_lists_state_and_actions(tmp_path: Path) -> None:
     rows = {row["name"]: row for row in json.loads(result.stdout)}
     assert rows["ops"]["state"] == "ready" and "ops.disk_usage" in rows["ops"]["actions"]
     assert rows["old"]["state"] == "failed" and "unknown type 'ftp'" in rows["old"]["reason"]
+
+
+def test_secrets_inside_secrets_are_masked_on_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A password inside REDIS_URL and basic auth's encoded header are redacted alone too."""
+    settings = Settings.model_validate({"REDIS_URL": "redis://lam:p%40ss-canary@redis:6379/0"})
+    assert "p@ss-canary" in settings.secrets()
+    monkeypatch.setenv("LAM_TEST_BASIC", CANARY)
+    auth = BasicAuth.model_validate(
+        {"type": "basic", "username": "lam", "password": "env:LAM_TEST_BASIC"}
+    )
+    encoded = base64.b64encode(f"lam:{CANARY}".encode()).decode()
+    assert secret_values(auth) == [CANARY, encoded]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -11,14 +10,12 @@ import pytest
 
 from bot.engine import Engine, EngineOptions
 from bot.errors import DuplicateRequest
-from bot.execution import ExecutionOptions
 from bot.models import Request
 from bot.planning.aliases import AliasPlanner
 from bot.policy import Policy
-from bot.store.redis import RedisStore
 from bot.store.sqlite import SqliteStore
 from connectors import Catalog
-from tests.conftest import EngineFactory
+from tests.conftest import EngineFactory, RedisEngineFactory
 from tests.support.actions import ScriptedConnector
 
 EVENT_KEY = "slack:T01:Ev0001"
@@ -33,27 +30,12 @@ def delivery(text: str = "noop in staging") -> Request:
 async def any_engine(
     request: pytest.FixtureRequest,
     make_engine: EngineFactory,
-    policy_dir: Path,
-    connector: ScriptedConnector,
-    redis_url: str,
-    redis_prefix: str,
-) -> AsyncIterator[Engine]:
+    open_redis_engine: RedisEngineFactory,
+) -> Engine:
     """The engine on the embedded SQLite store, then on a Redis store of the test's own."""
     if request.param == "sqlite":
-        yield make_engine()
-        return
-    store = await RedisStore.open(redis_url, prefix=redis_prefix)
-    engine = Engine(
-        store=store,
-        policy=Policy.load(policy_dir),
-        catalog=Catalog([connector]),
-        planner=AliasPlanner(),
-        options=EngineOptions(execution=ExecutionOptions(max_attempts=3, backoff_base=0.001)),
-    )
-    try:
-        yield engine
-    finally:
-        await store.aclose()
+        return make_engine()
+    return await open_redis_engine()
 
 
 class Clock:

@@ -12,22 +12,16 @@ from bot.approvals import ApprovalExpired
 from bot.engine import Engine
 from bot.errors import IllegalTransition, InvalidInput, PolicyDenied, UnknownRequest
 from bot.execution import ExecutionOptions
-from bot.models import AuditEvent, Request, RequestRecord, canonical_json, sha256_hex
+from bot.models import Request, RequestRecord, canonical_json, sha256_hex
 from bot.policy import Policy
-from tests.conftest import APPROVERS, ENGINE_POLICY, EngineFactory, write_policy
+from tests.conftest import APPROVERS, ENGINE_POLICY, EngineFactory
 from tests.support.actions import ScriptedConnector
+from tests.support.audit_trail import events_of, kinds_of
+from tests.support.policies import write_policy
 
 
 def ask(text: str, requester: str = "user:alice", **fields: object) -> Request:
     return Request.model_validate({"text": text, "requester": requester, **fields})
-
-
-async def events_of(engine: Engine, request_id: str) -> list[AuditEvent]:
-    return [e async for e in engine.store.audit_events() if e.request_id == request_id]
-
-
-async def kinds_of(engine: Engine, request_id: str) -> list[str]:
-    return [e.kind for e in await events_of(engine, request_id)]
 
 
 def step_status(record: RequestRecord) -> list[str]:

@@ -7,37 +7,22 @@ from pathlib import Path
 
 import pytest
 
-from bot.audit import Redactor
 from bot.errors import ConfigError
 from bot.eval import load_corpus, run_eval
 from bot.planning.aliases import AliasPlanner
 from bot.planning.chain import ChainPlanner
-from bot.planning.llm import LLMOptions, LLMPlanner
+from bot.planning.llm import LLMPlanner
 from connectors import Catalog
 from connectors.shell import ShellConnector, ShellSettings
-from tests.support.openai_server import (
-    ScriptedOpenAI,
-    http_error,
-    text,
-    tool_calls,
-)
+from tests.support.openai_server import ScriptedOpenAI, http_error, planner_on, text, tool_calls
 
 CORPUS = Path(__file__).resolve().parent.parent / "evals" / "corpus.yaml"
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[ScriptedOpenAI]:
-    async with ScriptedOpenAI.running() as scripted:
-        yield scripted
-        scripted.assert_done()
-
-
-@pytest.fixture
-async def llm(server: ScriptedOpenAI) -> AsyncIterator[LLMPlanner]:
-    planner = LLMPlanner(
-        LLMOptions(model="lam-eval", base_url=server.base_url, api_key="sk-eval", max_retries=0),
-        redactor=Redactor(),
-    )
+async def llm(openai_server: ScriptedOpenAI) -> AsyncIterator[LLMPlanner]:
+    """The model planner on the scripted server, reporting a failed call without retrying."""
+    planner = planner_on(openai_server, max_retries=0)
     yield planner
     await planner.aclose()
 
@@ -106,7 +91,7 @@ async def test_the_report_explains_each_failure(catalog: Catalog, tmp_path: Path
 
 
 async def test_a_scripted_model_behind_the_chain_is_scored(
-    server: ScriptedOpenAI, llm: LLMPlanner, catalog: Catalog, tmp_path: Path
+    openai_server: ScriptedOpenAI, llm: LLMPlanner, catalog: Catalog, tmp_path: Path
 ) -> None:
     """Phrasings skip the model; paraphrases, questions and refusals come from it and are scored."""
     path = corpus_of(
@@ -117,7 +102,7 @@ async def test_a_scripted_model_behind_the_chain_is_scored(
         "refuse-drop-database",
         "paraphrase-loaded-box",
     )
-    server.enqueue(
+    openai_server.enqueue(
         tool_calls(("shell__tail_log", {"path": "/var/log/syslog", "lines": 100})),
         tool_calls(("clarify", {"question": "Which log file?"})),
         text("No offered tool can drop a database."),
@@ -138,10 +123,10 @@ async def test_a_scripted_model_behind_the_chain_is_scored(
 
 
 async def test_an_unreachable_model_fails_even_the_refusals(
-    server: ScriptedOpenAI, llm: LLMPlanner, catalog: Catalog, tmp_path: Path
+    openai_server: ScriptedOpenAI, llm: LLMPlanner, catalog: Catalog, tmp_path: Path
 ) -> None:
     """A model error is scored as an error, never as a correct refusal."""
-    server.enqueue(http_error(401, "bad key"))
+    openai_server.enqueue(http_error(401, "bad key"))
     report = await run_eval(corpus_of(tmp_path, "refuse-drop-database"), llm, catalog)
     (case,) = report.cases
     assert (case.passed, case.got) == (False, "error")

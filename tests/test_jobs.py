@@ -4,97 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 import redis.asyncio as aioredis
 
-from bot.config import Settings
-from bot.engine import Engine, EngineOptions
+from bot.engine import Engine
 from bot.errors import StoreUnavailable
-from bot.execution import ExecutionOptions
 from bot.jobs import Job, Worker
 from bot.models import TERMINAL_STATES, Request, RequestRecord
-from bot.planning.aliases import AliasPlanner
-from bot.policy import Policy
 from bot.store import Store
 from bot.store.redis import RedisStore
 from bot.store.redis_jobs import GROUP, RedisJobQueue
 from bot.wiring import open_engine
-from connectors import Catalog, _sandbox
-from tests.conftest import write_policy
+from connectors import _sandbox
 from tests.support.actions import ScriptedConnector
+from tests.support.lam_process import LEADS, LamProcesses
 from tests.support.redis_server import RedisServer
-
-REPO = Path(__file__).resolve().parent.parent
-LAM = [sys.executable, "-m", "bot.cli"]
-DEADLINE = 30.0
-"""Seconds any awaited condition has before the test fails."""
-
-T = TypeVar("T")
-
-LEADS = [f"user:lead{n}" for n in range(100)]
-SHELL_POLICY = (
-    "g, user:alice, role:developer, *\n"
-    "p, role:developer, staging, shell.*, *, run, allow\n"
-    "p, role:developer, prod, shell.*, *, request, allow\n"
-    "p, role:lead, prod, shell.*, *, approve, allow\n"
-    + "".join(f"g, {lead}, role:lead, *\n" for lead in LEADS)
-)
-
-
-def shell_config(marker: str) -> str:
-    """Runbooks for the process tests: a quick step, a short pause and a long sleep.
-
-    The long sleep's argument carries ``marker``, so its process can be found afterwards.
-    """
-    return f"""\
-connectors:
-  - type: shell
-    name: shell
-    settings:
-      runbooks:
-        quick:
-          description: Say that it ran.
-          argv: [echo, quick ran]
-          risk: write
-        pause:
-          description: Take a moment.
-          argv: [sleep, "0.3"]
-          risk: write
-        slow:
-          description: Take half a minute.
-          argv: [sleep, "29.{marker}"]
-          risk: write
-          timeout: 60
-"""
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T] | T], what: str, deadline: float = DEADLINE
-) -> T:
-    """The first truthy result of ``probe``, polled until ``deadline`` seconds have passed."""
-    until = time.monotonic() + deadline
-    while time.monotonic() < until:
-        result = probe()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return result  # type: ignore[return-value]  # awaited above when awaitable
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"gave up after {deadline}s waiting for {what}")
+from tests.support.waiting import DEADLINE, eventually
 
 
 async def take_within(queue: RedisJobQueue, consumer: str) -> Job:
@@ -123,25 +57,6 @@ async def queue(redis_url: str, redis_prefix: str) -> AsyncIterator[RedisJobQueu
     opened = await RedisJobQueue.open(redis_url, prefix=redis_prefix, idle_timeout=0.2)
     yield opened
     await opened.aclose()
-
-
-@pytest.fixture
-async def redis_engine(
-    redis_url: str, redis_prefix: str, policy_dir: Path, connector: ScriptedConnector
-) -> AsyncIterator[Engine]:
-    """An engine on RedisStore whose approved requests go to a RedisJobQueue."""
-    store = await RedisStore.open(redis_url, prefix=redis_prefix)
-    jobs = await RedisJobQueue.open(redis_url, prefix=redis_prefix, idle_timeout=0.3)
-    engine = Engine(
-        store=store,
-        policy=Policy.load(policy_dir),
-        catalog=Catalog([connector]),
-        planner=AliasPlanner(),
-        options=EngineOptions(execution=ExecutionOptions(backoff_base=0.001)),
-        jobs=jobs,
-    )
-    yield engine
-    await engine.aclose()
 
 
 @contextmanager
@@ -249,55 +164,55 @@ async def test_an_unreachable_queue_raises_store_unavailable_with_the_url_masked
 
 
 async def test_an_allowed_request_is_queued_and_a_worker_runs_it(
-    redis_engine: Engine, connector: ScriptedConnector
+    queued_engine: Engine, connector: ScriptedConnector
 ) -> None:
     """With a queue, an allowed request is left approved for a worker, which runs it once."""
-    record = await redis_engine.ask(Request(text="noop in staging", requester="user:alice"))
+    record = await queued_engine.ask(Request(text="noop in staging", requester="user:alice"))
     assert record.state == "approved"
     assert connector.calls["test.noop"] == 0
-    with working(redis_engine, "w1"):
-        done = await finished(redis_engine.store, record.id)
+    with working(queued_engine, "w1"):
+        done = await finished(queued_engine.store, record.id)
     assert done.state == "succeeded"
     assert connector.calls["test.noop"] == 1
 
 
 async def test_the_last_approval_queues_the_request(
-    redis_engine: Engine, connector: ScriptedConnector
+    queued_engine: Engine, connector: ScriptedConnector
 ) -> None:
     """Approving a request that needed it queues it instead of running it in the approver."""
-    asked = await redis_engine.ask(Request(text="restart web in prod", requester="user:alice"))
+    asked = await queued_engine.ask(Request(text="restart web in prod", requester="user:alice"))
     assert asked.state == "awaiting_approval"
-    approved = await redis_engine.approve(asked.id, "user:bob")
+    approved = await queued_engine.approve(asked.id, "user:bob")
     assert approved.state == "approved"
     assert connector.calls["test.restart"] == 0
-    with working(redis_engine, "w1"):
-        done = await finished(redis_engine.store, asked.id)
+    with working(queued_engine, "w1"):
+        done = await finished(queued_engine.store, asked.id)
     assert done.state == "succeeded"
     assert connector.calls["test.restart"] == 1
 
 
 async def test_a_job_queued_twice_runs_its_request_once(
-    redis_engine: Engine, connector: ScriptedConnector
+    queued_engine: Engine, connector: ScriptedConnector
 ) -> None:
     """A request queued again (as a starting worker does) still runs exactly once."""
-    record = await redis_engine.ask(Request(text="noop in staging", requester="user:alice"))
-    assert await redis_engine.resubmit_approved() == 1
-    with working(redis_engine, "w1", "w2"):
-        done = await finished(redis_engine.store, record.id)
+    record = await queued_engine.ask(Request(text="noop in staging", requester="user:alice"))
+    assert await queued_engine.resubmit_approved() == 1
+    with working(queued_engine, "w1", "w2"):
+        done = await finished(queued_engine.store, record.id)
     assert done.state == "succeeded"
     assert connector.calls["test.noop"] == 1
 
 
 async def test_a_job_that_keeps_dying_is_buried_and_its_request_failed(
-    redis_engine: Engine, connector: ScriptedConnector, raw: aioredis.Redis
+    queued_engine: Engine, connector: ScriptedConnector, raw: aioredis.Redis
 ) -> None:
     """Past max deliveries the job moves to the dead-letter stream and the request fails."""
-    queue = redis_engine.jobs
+    queue = queued_engine.jobs
     assert isinstance(queue, RedisJobQueue)
-    record = await redis_engine.ask(Request(text="noop in staging", requester="user:alice"))
+    record = await queued_engine.ask(Request(text="noop in staging", requester="user:alice"))
     await take_within(queue, "died")  # taken by a worker that never comes back
-    with working(redis_engine, "w1", max_deliveries=1):
-        failed = await finished(redis_engine.store, record.id)
+    with working(queued_engine, "w1", max_deliveries=1):
+        failed = await finished(queued_engine.store, record.id)
     assert failed.state == "failed"
     assert failed.reason is not None and "dead-letter" in failed.reason
     assert connector.calls["test.noop"] == 0
@@ -305,7 +220,7 @@ async def test_a_job_that_keeps_dying_is_buried_and_its_request_failed(
     assert letter == {"request_id": record.id, "reason": failed.reason, "deliveries": "2"}
     assert await raw.xlen(queue.stream) == 0
     assert (await raw.xpending(queue.stream, GROUP))["pending"] == 0
-    assert await redis_engine.verify_audit() > 0
+    assert await queued_engine.verify_audit() > 0
 
 
 class CancelSwallowingQueue:
@@ -325,128 +240,22 @@ class CancelSwallowingQueue:
 
 
 async def test_a_heartbeat_that_swallows_its_cancellation_does_not_hold_the_job(
-    redis_engine: Engine, raw: aioredis.Redis
+    queued_engine: Engine, raw: aioredis.Redis
 ) -> None:
     """A job ends and is acknowledged even when the heartbeat in flight ignores cancel()."""
-    queue = redis_engine.jobs
+    queue = queued_engine.jobs
     assert isinstance(queue, RedisJobQueue)
-    record = await redis_engine.ask(Request(text="noop in staging", requester="user:alice"))
+    record = await queued_engine.ask(Request(text="noop in staging", requester="user:alice"))
     job = await take_within(queue, "w")
     swallowing = CancelSwallowingQueue(queue)
-    worker = Worker(redis_engine, swallowing, name="w", heartbeat=0.001)  # type: ignore[arg-type]
+    worker = Worker(queued_engine, swallowing, name="w", heartbeat=0.001)  # type: ignore[arg-type]
     await asyncio.wait_for(worker.work(job), DEADLINE)
     assert swallowing.touches >= 1
-    assert (await redis_engine.store.get(record.id)).state == "succeeded"
+    assert (await queued_engine.store.get(record.id)).state == "succeeded"
     assert (await raw.xpending(queue.stream, GROUP))["pending"] == 0
 
 
 # Real processes.
-
-
-class LamProcesses:
-    """Runs ``lam`` against one Redis and one key prefix, with the test's runbooks."""
-
-    def __init__(self, tmp_path: Path, url: str, prefix: str) -> None:
-        self.tmp_path = tmp_path
-        self.marker = f"{uuid.uuid4().int % 10**9:09d}"
-        config = tmp_path / "lam.yaml"
-        config.write_text(shell_config(self.marker), encoding="utf-8")
-        policies = write_policy(tmp_path / "policies", SHELL_POLICY)
-        self.env = {
-            "PATH": os.environ["PATH"],
-            "LAM_HOME": str(tmp_path / "home"),
-            "LAM_CONFIG": str(config),
-            "LAM_POLICY_DIR": str(policies),
-            "REDIS_URL": url,
-            "LAM_REDIS_PREFIX": prefix,
-            "LAM_LOG_FORMAT": "json",
-            "LAM_LOG_LEVEL": "info",
-        }
-        self.workers: list[subprocess.Popen[bytes]] = []
-
-    def settings(self) -> Settings:
-        return Settings.model_validate(self.env)
-
-    def run(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*LAM, *args],
-            capture_output=True,
-            text=True,
-            env={**self.env, **env},
-            timeout=60,
-            cwd=REPO,
-        )
-
-    def start_worker(self, name: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
-        """A ``lam worker`` process, returned once it has started working."""
-        log = self.tmp_path / f"{name}.log"
-        with log.open("wb") as output:
-            process = subprocess.Popen(
-                [*LAM, "worker", "--name", name, *args],
-                env={**self.env, **env},
-                cwd=REPO,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-            )
-        self.workers.append(process)
-        until = time.monotonic() + DEADLINE
-        while b'"worker.started"' not in log.read_bytes():
-            if process.poll() is not None or time.monotonic() > until:
-                raise AssertionError(f"worker {name} did not start: {log.read_text()}")
-            try:
-                process.wait(timeout=0.02)
-            except subprocess.TimeoutExpired:
-                continue
-        return process
-
-    def start_script(self, script: str, *args: str) -> subprocess.Popen[bytes]:
-        """A Python ``script`` run with LAM's settings, its output piped back."""
-        process = subprocess.Popen(
-            [sys.executable, "-c", script, *args],
-            env=self.env,
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        self.workers.append(process)
-        return process
-
-    def marked_processes(self, program: str = "") -> list[int]:
-        """Processes whose command line holds this run's marker (the slow runbook's sleep).
-
-        With ``program``, only those running it (the sleep, not the bwrap around it).
-        """
-        found = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit() and entry.name != str(os.getpid()):
-                try:
-                    argv = (entry / "cmdline").read_bytes().split(b"\0")
-                except OSError:
-                    continue
-                if self.marker.encode() in b" ".join(argv) and argv[0].startswith(program.encode()):
-                    found.append(int(entry.name))
-        return found
-
-    def clean_up(self) -> None:
-        for process in self.workers:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-        for pid in self.marked_processes():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                continue
-
-
-@pytest.fixture
-def lam_redis(tmp_path: Path, redis_url: str, redis_prefix: str) -> Iterator[LamProcesses]:
-    processes = LamProcesses(tmp_path, redis_url, redis_prefix)
-    try:
-        yield processes
-    finally:
-        processes.clean_up()
 
 
 def stop_worker(process: subprocess.Popen[bytes]) -> int:
@@ -454,9 +263,9 @@ def stop_worker(process: subprocess.Popen[bytes]) -> int:
     return process.wait(timeout=DEADLINE)
 
 
-def test_lam_worker_refuses_to_start_without_redis(lam_redis: LamProcesses) -> None:
+def test_lam_worker_refuses_to_start_without_redis(lam_processes: LamProcesses) -> None:
     """Without REDIS_URL, lam worker exits 2 with one line saying it needs REDIS_URL."""
-    result = lam_redis.run("worker", REDIS_URL="")
+    result = lam_processes.run("worker", REDIS_URL="")
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: lam worker needs REDIS_URL")
@@ -471,20 +280,20 @@ def test_lam_worker_refuses_to_start_without_redis(lam_redis: LamProcesses) -> N
     ],
 )
 def test_a_bad_job_setting_stops_start_up_naming_it(
-    lam_redis: LamProcesses, setting: str, value: str
+    lam_processes: LamProcesses, setting: str, value: str
 ) -> None:
     """A job setting that does not validate stops lam with exit 2 and names the setting."""
-    result = lam_redis.run("worker", **{setting: value})
+    result = lam_processes.run("worker", **{setting: value})
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert setting in line
 
 
 async def test_a_killed_worker_leaves_its_running_step_interrupted_not_run_again(
-    lam_redis: LamProcesses, redis_url: str, redis_prefix: str
+    lam_processes: LamProcesses, redis_url: str, redis_prefix: str
 ) -> None:
     """kill -9 in a long step: another worker reclaims the job, runs nothing again, fails it."""
-    asked = lam_redis.run(
+    asked = lam_processes.run(
         "ask", "run shell.quick then run shell.slow", "--env", "staging", "--as", "alice", "--json"
     )
     assert asked.returncode == 0, asked.stderr
@@ -492,7 +301,7 @@ async def test_a_killed_worker_leaves_its_running_step_interrupted_not_run_again
     assert json.loads(asked.stdout)["state"] == "approved"
     store = await RedisStore.open(redis_url, prefix=redis_prefix)
     try:
-        first = lam_redis.start_worker("A")
+        first = await lam_processes.start_worker("A")
 
         async def slow_step_running() -> bool:
             result = (await store.get(request_id)).result_of("s2")
@@ -502,7 +311,7 @@ async def test_a_killed_worker_leaves_its_running_step_interrupted_not_run_again
         # The sleep itself, not only the bwrap starting it: a bwrap killed before it has
         # set itself up to die with its parent would be waited out, not tested.
         sleeping = await eventually(
-            lambda: lam_redis.marked_processes("sleep"), "the slow runbook's sleep"
+            lambda: lam_processes.marked_processes("sleep"), "the slow runbook's sleep"
         )
         first.kill()
         assert first.wait(timeout=DEADLINE) == -signal.SIGKILL
@@ -511,11 +320,11 @@ async def test_a_killed_worker_leaves_its_running_step_interrupted_not_run_again
         if sandboxed:
             # bwrap --die-with-parent takes the sandbox, and the sleep in it, down with A.
             await eventually(
-                lambda: not lam_redis.marked_processes(),
+                lambda: not lam_processes.marked_processes(),
                 f"the orphaned runbook processes {sleeping} to die",
             )
 
-        second = lam_redis.start_worker("B", LAM_JOB_IDLE_SECONDS="0.5")
+        second = await lam_processes.start_worker("B", LAM_JOB_IDLE_SECONDS="0.5")
         record = await finished(store, request_id)
         assert stop_worker(second) == 0
 
@@ -527,7 +336,7 @@ async def test_a_killed_worker_leaves_its_running_step_interrupted_not_run_again
         assert (starts[(request_id, "s1")], starts[(request_id, "s2")]) == (1, 1)
     finally:
         await store.aclose()
-    verified = lam_redis.run("audit", "verify")
+    verified = lam_processes.run("audit", "verify")
     assert verified.returncode == 0, verified.stderr
     assert verified.stdout.startswith("audit chain intact")
 
@@ -543,53 +352,52 @@ async def test_a_redis_restart_mid_flight_fails_calls_clearly_and_runs_nothing_t
     StoreUnavailable (in process) or one error line (the CLI); the worker waits, and
     afterwards reclaims what it could not finish.
     """
-    lam = LamProcesses(tmp_path, private_redis.url, "lam:")
-    engine = await open_engine(lam.settings())
-    try:
-        worker = lam.start_worker("W", LAM_JOB_IDLE_SECONDS="0.5")
-        queued = [
-            await engine.ask(
-                Request(
-                    text="run shell.quick then run shell.pause",
-                    requester="user:alice",
-                    environment="staging",
+    with LamProcesses(tmp_path, private_redis.url, "lam:") as lam:
+        engine = await open_engine(lam.settings())
+        try:
+            worker = await lam.start_worker("W", LAM_JOB_IDLE_SECONDS="0.5")
+            queued = [
+                await engine.ask(
+                    Request(
+                        text="run shell.quick then run shell.pause",
+                        requester="user:alice",
+                        environment="staging",
+                    )
                 )
-            )
-            for _ in range(8)
-        ]
-        assert {record.state for record in queued} == {"approved"}
+                for _ in range(8)
+            ]
+            assert {record.state for record in queued} == {"approved"}
 
-        async def some_finished() -> list[RequestRecord]:
-            records = [await engine.store.get(record.id) for record in queued]
-            return [r for r in records if r.state in TERMINAL_STATES]
+            async def some_finished() -> list[RequestRecord]:
+                records = [await engine.store.get(record.id) for record in queued]
+                return [r for r in records if r.state in TERMINAL_STATES]
 
-        before = await eventually(some_finished, "the worker to finish a request")
-        private_redis.stop(keep_data=True)
-        assert len(before) < len(queued)
+            before = await eventually(some_finished, "the worker to finish a request")
+            private_redis.stop(keep_data=True)
+            assert len(before) < len(queued)
 
-        with pytest.raises(StoreUnavailable, match="cannot reach Redis"):
-            await engine.ask(Request(text="run shell.quick", requester="user:alice"))
-        outage = lam.run("ask", "run shell.quick", "--env", "staging", "--as", "alice")
-        assert outage.returncode != 0
-        (line,) = outage.stderr.strip().splitlines()
-        assert line.startswith("error: REDIS_URL 'redis://127.0.0.1:") and "Redis" in line
+            with pytest.raises(StoreUnavailable, match="cannot reach Redis"):
+                await engine.ask(Request(text="run shell.quick", requester="user:alice"))
+            outage = lam.run("ask", "run shell.quick", "--env", "staging", "--as", "alice")
+            assert outage.returncode != 0
+            (line,) = outage.stderr.strip().splitlines()
+            assert line.startswith("error: REDIS_URL 'redis://127.0.0.1:") and "Redis" in line
 
-        private_redis.start()
-        records = [await finished(engine.store, record.id) for record in queued]
-        assert stop_worker(worker) == 0
+            private_redis.start()
+            records = [await finished(engine.store, record.id) for record in queued]
+            assert stop_worker(worker) == 0
 
-        for record in records:
-            # A step running when Redis went away has an unknown outcome: never run again.
-            assert record.state == "succeeded" or (
-                record.state == "failed" and "outcome is unknown" in (record.reason or "")
-            ), record
-        starts = await step_starts(engine.store)
-        assert max(starts.values()) == 1
-        assert {request_id for request_id, _ in starts} == {record.id for record in queued}
-        assert await engine.verify_audit() > 0
-    finally:
-        await engine.aclose()
-        lam.clean_up()
+            for record in records:
+                # A step running when Redis went away has an unknown outcome: never run again.
+                assert record.state == "succeeded" or (
+                    record.state == "failed" and "outcome is unknown" in (record.reason or "")
+                ), record
+            starts = await step_starts(engine.store)
+            assert max(starts.values()) == 1
+            assert {request_id for request_id, _ in starts} == {record.id for record in queued}
+            assert await engine.verify_audit() > 0
+        finally:
+            await engine.aclose()
 
 
 APPROVER_SCRIPT = """\
@@ -619,18 +427,18 @@ asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3:]))
 
 
 async def test_a_hundred_approvals_from_two_processes_run_the_request_once(
-    lam_redis: LamProcesses, raw: aioredis.Redis
+    lam_processes: LamProcesses, raw: aioredis.Redis
 ) -> None:
     """100 approvers at once, 50 in each of two processes: one approval wins, one run."""
-    engine = await open_engine(lam_redis.settings())
+    engine = await open_engine(lam_processes.settings())
     try:
         asked = await engine.ask(
             Request(text="run shell.quick", requester="user:alice", environment="prod")
         )
         assert asked.state == "awaiting_approval"
-        go = lam_redis.tmp_path / "go"
+        go = lam_processes.tmp_path / "go"
         approvers = [
-            lam_redis.start_script(APPROVER_SCRIPT, asked.id, str(go), *half)
+            lam_processes.start_script(APPROVER_SCRIPT, asked.id, str(go), *half)
             for half in (LEADS[:50], LEADS[50:])
         ]
         for process in approvers:
@@ -644,7 +452,7 @@ async def test_a_hundred_approvals_from_two_processes_run_the_request_once(
             outcomes.update(json.loads(stdout.splitlines()[-1]))
         assert outcomes["approved"] == 1
         assert outcomes["IllegalTransition"] == 99
-        assert await raw.xlen(f"{lam_redis.env['LAM_REDIS_PREFIX']}jobs") == 1
+        assert await raw.xlen(f"{lam_processes.env['LAM_REDIS_PREFIX']}jobs") == 1
 
         with working(engine, "w1", "w2"):
             record = await finished(engine.store, asked.id)

@@ -6,16 +6,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import write_policy
-
-REPO = Path(__file__).resolve().parent.parent
-LAM = [sys.executable, "-m", "bot.cli"]
+from tests.support.lam_process import run_lam
+from tests.support.policies import write_policy
 
 OPENAI_KEY = "sk-planted-openai-key-0123456789"
 BOT_TOKEN = "xoxb-planted-bot-token-0123456789"
@@ -54,14 +51,7 @@ def ask(tmp_path: Path, text: str, log_format: str) -> subprocess.CompletedProce
         # Set, but never used: the secret in it is masked all the same.
         "SLACK_SIGNING_SECRET": SECRETS[2],
     }
-    return subprocess.run(
-        [*LAM, "ask", text, "--as", "alice", "--env", "staging", "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        cwd=REPO,
-    )
+    return run_lam("ask", text, "--as", "alice", "--env", "staging", "--json", env=env)
 
 
 def test_json_logs_carry_the_request_id_on_every_request_line(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ The registry is one per process, so every check compares two scrapes of a runnin
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
@@ -17,21 +16,14 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.config import Settings
-from bot.engine import Engine, EngineOptions
-from bot.execution import ExecutionOptions
+from bot.engine import Engine
 from bot.health import Health, health_application, listening
 from bot.models import Request
-from bot.planning.aliases import AliasPlanner
-from bot.policy import Policy
-from bot.store.redis import RedisStore
 from bot.store.redis_jobs import RedisJobQueue
 from bot.wiring import build_catalog, close_connectors
-from connectors import Catalog
-from tests.support.actions import ScriptedConnector
+from tests.support.waiting import eventually
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-DEADLINE = 30.0
 
 
 async def scrape(url: str) -> Samples:
@@ -124,25 +116,6 @@ async def test_decisions_outcomes_steps_and_audit_events_are_counted(
     )
 
 
-@pytest.fixture
-async def queued_engine(
-    redis_url: str, redis_prefix: str, policy_dir: Path, connector: ScriptedConnector
-) -> AsyncIterator[Engine]:
-    """An engine whose approved requests wait in a Redis queue that reclaims after 0.2 s."""
-    store = await RedisStore.open(redis_url, prefix=redis_prefix)
-    jobs = await RedisJobQueue.open(redis_url, prefix=redis_prefix, idle_timeout=0.2)
-    engine = Engine(
-        store=store,
-        policy=Policy.load(policy_dir),
-        catalog=Catalog([connector]),
-        planner=AliasPlanner(),
-        options=EngineOptions(execution=ExecutionOptions(backoff_base=0.001)),
-        jobs=jobs,
-    )
-    yield engine
-    await engine.aclose()
-
-
 async def test_queue_depth_is_sampled_at_each_scrape_and_reclaims_are_counted(
     queued_engine: Engine,
 ) -> None:
@@ -160,9 +133,9 @@ async def test_queue_depth_is_sampled_at_each_scrape_and_reclaims_are_counted(
         assert value(await scrape(url), "lam_job_queue_depth") == 0
 
         # The only job is the silent worker's: the next take is its reclaim, once it idled.
-        until = time.monotonic() + DEADLINE
-        while (reclaimed := await queue.take("alive", 0.05)) is None:
-            assert time.monotonic() < until, "the silent worker's job was never reclaimed"
+        reclaimed = await eventually(
+            lambda: queue.take("alive", 0.05), "the silent worker's job to be reclaimed"
+        )
         assert (reclaimed.id, reclaimed.deliveries) == (taken.id, 2)
         after = await scrape(url)
         assert change(start, after, "lam_jobs_reclaimed_total") == 1

@@ -27,12 +27,14 @@ from bot.engine import Engine
 from bot.errors import ActionFailed, RetryableError
 from bot.models import Request
 from connectors import ConnectorConfig, start_connectors
-from connectors.base import ActionResult, Connector
+from connectors.base import Connector
 from connectors.postgres import PostgresConnector, PostgresSettings
-from tests.conftest import EngineFactory, write_policy
+from tests.conftest import EngineFactory
 from tests.support.actions import ScriptedConnector
-from tests.support.actions import action_context as context
+from tests.support.connector_actions import data_of, run_action
+from tests.support.policies import write_policy
 from tests.support.redis_server import free_port
+from tests.support.waiting import eventually
 
 DSN = os.environ.get("LAM_TEST_POSTGRES_DSN", "host=127.0.0.1 port=5432 dbname=test user=postgres")
 CANARY = "canary-pw-7f3e9c2a"
@@ -104,25 +106,6 @@ async def started(
     return connector
 
 
-async def run(
-    connector: PostgresConnector,
-    action: str,
-    *,
-    dry_run: bool = False,
-    budget: float = 30.0,
-    **args: Any,
-) -> ActionResult:
-    found = {a.id: a for a in connector.actions()}[f"{connector.name}.{action}"]
-    return await found.run(
-        found.params.model_validate(args), context(dry_run=dry_run, timeout=budget)
-    )
-
-
-def data_of(result: ActionResult) -> dict[str, Any]:
-    assert isinstance(result.data, dict)
-    return result.data
-
-
 def database_name() -> str:
     with psycopg.connect(DSN, connect_timeout=5) as admin:
         row = admin.execute("SELECT current_database()").fetchone()
@@ -185,7 +168,7 @@ async def test_query_returns_an_aligned_table_and_json_data(
 ) -> None:
     """A query's rows come back as a readable table and as JSON-safe columns and rows."""
     connector = await started(tmp_path, schema)
-    result = await run(
+    result = await run_action(
         connector,
         "query",
         sql=f"SELECT id, name, price, NULL::text AS note, '\\xdead'::bytea AS raw,"
@@ -230,7 +213,7 @@ async def test_a_literal_percent_needs_no_escaping_without_params(
 ) -> None:
     """Without params the SQL goes as written, so LIKE 'item%' means what it says."""
     connector = await started(tmp_path, schema)
-    result = await run(
+    result = await run_action(
         connector, "query", sql=f"SELECT count(*) AS n FROM {items} WHERE name LIKE 'item%'"
     )
     assert result.data == {"columns": ["n"], "rows": [[5]], "row_count": 1, "truncated": False}
@@ -240,7 +223,7 @@ async def test_row_cap_truncates_and_says_so(tmp_path: Path, schema: str) -> Non
     """A result longer than row_cap is cut at row_cap rows, marked, and never read whole."""
     connector = await started(tmp_path, schema, row_cap=3)
     # generate_series in the select list streams; in FROM it is materialised first.
-    result = await run(connector, "query", sql="SELECT generate_series(1, 50000000) AS g")
+    result = await run_action(connector, "query", sql="SELECT generate_series(1, 50000000) AS g")
     assert result.data == {
         "columns": ["g"],
         "rows": [[1], [2], [3]],
@@ -253,7 +236,7 @@ async def test_row_cap_truncates_and_says_so(tmp_path: Path, schema: str) -> Non
 async def test_wide_results_stay_under_the_output_limit(tmp_path: Path, schema: str) -> None:
     """Rows that would pass output_limit_bytes are dropped whole from the text and the data."""
     connector = await started(tmp_path, schema, output_limit_bytes=2048)
-    result = await run(
+    result = await run_action(
         connector,
         "query",
         sql="SELECT g, repeat('x', 100) AS filler FROM generate_series(1, 200) g",
@@ -271,16 +254,18 @@ async def test_a_write_through_query_is_refused(tmp_path: Path, schema: str, ite
     with pytest.raises(
         ActionFailed, match="cannot execute INSERT in a read-only transaction"
     ) as caught:
-        await run(
+        await run_action(
             connector, "query", sql=f"INSERT INTO {items} VALUES (99, 'sneaky', 0) RETURNING id"
         )
     assert "pg.query runs read-only" in str(caught.value)
     assert "Changes go through pg.execute" in str(caught.value)
     with pytest.raises(ActionFailed, match="read-only transaction"):
-        await run(connector, "query", sql=f"DO $$ BEGIN EXECUTE 'DROP TABLE {items}'; END $$")
+        await run_action(
+            connector, "query", sql=f"DO $$ BEGIN EXECUTE 'DROP TABLE {items}'; END $$"
+        )
     readonly = await started(tmp_path, schema, allow_execute=False)
     with pytest.raises(ActionFailed, match="makes no changes \\(allow_execute is false\\)"):
-        await run(readonly, "query", sql=f"DELETE FROM {items} RETURNING id")
+        await run_action(readonly, "query", sql=f"DELETE FROM {items} RETURNING id")
     assert admin_query(schema, f"SELECT count(*) FROM {items}") == [(5,)]
 
 
@@ -297,9 +282,9 @@ async def test_several_statements_in_one_call_are_refused_whole(
     for sneak in sneaks:
         for action, dry_run in (("query", False), ("query", True), ("execute", True)):
             with pytest.raises(ActionFailed, match="one SQL statement per call"):
-                await run(connector, action, sql=sneak, dry_run=dry_run)
+                await run_action(connector, action, sql=sneak, dry_run=dry_run)
     with pytest.raises(ActionFailed, match="one SQL statement per call"):
-        await run(
+        await run_action(
             connector, "execute", sql=f"DELETE FROM {items} WHERE id = 1; DELETE FROM {items}"
         )
     assert admin_query(schema, f"SELECT count(*) FROM {items}") == [(5,)]
@@ -311,7 +296,7 @@ async def test_a_statement_that_returns_no_rows_is_refused_by_query(
     """query is for statements with rows; a SET or COMMIT is refused with where to go instead."""
     connector = await started(tmp_path, schema)
     with pytest.raises(ActionFailed, match="returns none; nothing was changed"):
-        await run(connector, "query", sql="COMMIT")
+        await run_action(connector, "query", sql="COMMIT")
 
 
 async def test_a_dry_run_query_shows_the_plan_without_running(
@@ -319,7 +304,7 @@ async def test_a_dry_run_query_shows_the_plan_without_running(
 ) -> None:
     """A dry-run query is explained, not run: pg_sleep in it does not make it wait."""
     connector = await started(tmp_path, schema, statement_timeout=2)
-    result = await run(
+    result = await run_action(
         connector,
         "query",
         dry_run=True,
@@ -337,7 +322,7 @@ async def test_syntax_errors_carry_postgres_message_and_position(
     """A syntax error names the action, the SQLSTATE and where PostgreSQL stopped reading."""
     connector = await started(tmp_path, schema)
     with pytest.raises(ActionFailed) as caught:
-        await run(connector, "query", sql=f"SELECT * FORM {items}")
+        await run_action(connector, "query", sql=f"SELECT * FORM {items}")
     message = str(caught.value)
     assert message.startswith("pg.query failed (SQLSTATE 42601). PostgreSQL said:")
     assert 'syntax error at or near "FORM"' in message
@@ -345,10 +330,14 @@ async def test_syntax_errors_carry_postgres_message_and_position(
     with pytest.raises(
         ActionFailed, match="was not run: the query has 1 placeholders but 2 parameters"
     ):
-        await run(connector, "query", sql="SELECT %s", params=[1, 2])
+        await run_action(connector, "query", sql="SELECT %s", params=[1, 2])
 
 
 # Timeouts and cancellation
+
+
+BACKEND_DEADLINE = 10.0
+"""Seconds a backend has to start or end; no event says it did, so the tests poll."""
 
 
 async def backends(application_name: str) -> list[tuple[str, str]]:
@@ -361,15 +350,6 @@ async def backends(application_name: str) -> list[tuple[str, str]]:
         return [(str(state), str(query)) for state, query in await cursor.fetchall()]
 
 
-async def until(condition: Any, what: str, *, within: float = 10.0) -> None:
-    """Poll ``condition`` (an async callable) until it is true: no event says a backend ended."""
-    deadline = asyncio.get_running_loop().time() + within
-    while not await condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"still waiting, after {within} s, for {what}")
-        await asyncio.sleep(0.02)
-
-
 async def test_statement_timeout_fails_clearly_and_calls_keep_working(
     tmp_path: Path, schema: str, items: str
 ) -> None:
@@ -378,20 +358,24 @@ async def test_statement_timeout_fails_clearly_and_calls_keep_working(
     with pytest.raises(
         ActionFailed, match="^pgslow.query: the statement timed out after 0.5 s and was cancelled$"
     ):
-        await run(connector, "query", sql="SELECT pg_sleep(5)")
+        await run_action(connector, "query", sql="SELECT pg_sleep(5)")
     with pytest.raises(
         ActionFailed,
         match="timed out after 0.5 s and was cancelled; the transaction was rolled back",
     ):
-        await run(
+        await run_action(
             connector,
             "execute",
             sql=f"UPDATE {items} SET name = 'late' WHERE pg_sleep(5) IS NOT NULL",
         )
     assert admin_query(schema, f"SELECT count(*) FROM {items} WHERE name = 'late'") == [(0,)]
-    result = await run(connector, "query", sql="SELECT 1 AS one")
+    result = await run_action(connector, "query", sql="SELECT 1 AS one")
     assert result.data == {"columns": ["one"], "rows": [[1]], "row_count": 1, "truncated": False}
-    await until(lambda: _no_backends("lam/pgslow"), "the connector's connections to close")
+    await eventually(
+        lambda: _no_backends("lam/pgslow"),
+        "the connector's connections to close",
+        deadline=BACKEND_DEADLINE,
+    )
 
 
 async def _no_backends(application_name: str) -> bool:
@@ -404,7 +388,7 @@ async def test_a_shorter_executor_budget_shortens_the_statement_timeout(
     """When the step's own timeout is shorter, the server cancels before the executor must."""
     connector = await started(tmp_path, schema, statement_timeout=30)
     with pytest.raises(ActionFailed, match="timed out after 0.9 s"):
-        await run(connector, "query", sql="SELECT pg_sleep(10)", budget=1.0)
+        await run_action(connector, "query", sql="SELECT pg_sleep(10)", budget=1.0)
 
 
 async def test_cancelling_the_step_cancels_the_query_on_the_server(
@@ -413,18 +397,24 @@ async def test_cancelling_the_step_cancels_the_query_on_the_server(
     """A cancelled step leaves no statement running and no connection open on the server."""
     connector = await started(tmp_path, schema, name="pgcancel", statement_timeout=60)
     marker = f"cancel-me-{uuid.uuid4().hex[:8]}"
-    task = asyncio.create_task(run(connector, "query", sql=f"SELECT pg_sleep(60) /* {marker} */"))
+    task = asyncio.create_task(
+        run_action(connector, "query", sql=f"SELECT pg_sleep(60) /* {marker} */")
+    )
 
     async def running() -> bool:
         return any(
             state == "active" and marker in query for state, query in await backends("lam/pgcancel")
         )
 
-    await until(running, "the query to start")
+    await eventually(running, "the query to start", deadline=BACKEND_DEADLINE)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await until(lambda: _no_backends("lam/pgcancel"), "the cancelled query's connection to go")
+    await eventually(
+        lambda: _no_backends("lam/pgcancel"),
+        "the cancelled query's connection to go",
+        deadline=BACKEND_DEADLINE,
+    )
 
 
 # execute
@@ -435,7 +425,7 @@ async def test_execute_commits_and_reports_rows_affected(
 ) -> None:
     """A write is committed; the rows affected and the RETURNING rows come back."""
     connector = await started(tmp_path, schema)
-    result = await run(
+    result = await run_action(
         connector,
         "execute",
         sql=f"UPDATE {items} SET price = price * 2 WHERE id >= %s RETURNING id, price",
@@ -457,7 +447,7 @@ async def test_execute_commits_and_reports_rows_affected(
         (4,),
         (5,),
     ]
-    created = await run(connector, "execute", sql=f"CREATE INDEX ON {items} (name)")
+    created = await run_action(connector, "execute", sql=f"CREATE INDEX ON {items} (name)")
     assert created.output == "CREATE INDEX; committed."
 
 
@@ -466,7 +456,7 @@ async def test_execute_dry_run_rolls_back_and_reports_what_it_would_do(
 ) -> None:
     """A dry run really runs the write, reports its count and RETURNING rows, then undoes it."""
     connector = await started(tmp_path, schema)
-    result = await run(
+    result = await run_action(
         connector, "execute", dry_run=True, sql=f"DELETE FROM {items} WHERE id <= 3 RETURNING name"
     )
     assert (
@@ -476,7 +466,7 @@ async def test_execute_dry_run_rolls_back_and_reports_what_it_would_do(
     data = data_of(result)
     assert (data["rows_affected"], data["committed"]) == (3, False)
     assert data["rows"] == [["item 1"], ["item 2"], ["item 3"]]
-    dropped = await run(connector, "execute", dry_run=True, sql=f"DROP TABLE {items}")
+    dropped = await run_action(connector, "execute", dry_run=True, sql=f"DROP TABLE {items}")
     assert dropped.output == "dry run: DROP TABLE ran; rolled back, nothing changed."
     assert admin_query(schema, f"SELECT count(*) FROM {items}") == [(5,)]
 
@@ -485,7 +475,7 @@ async def test_execute_refuses_to_end_its_own_transaction(tmp_path: Path, schema
     """A COMMIT or ROLLBACK sent as the statement is refused: each call is one transaction."""
     connector = await started(tmp_path, schema)
     with pytest.raises(ActionFailed, match="ended LAM's transaction"):
-        await run(connector, "execute", sql="COMMIT", dry_run=True)
+        await run_action(connector, "execute", sql="COMMIT", dry_run=True)
 
 
 async def test_constraint_errors_say_nothing_changed(
@@ -494,7 +484,7 @@ async def test_constraint_errors_say_nothing_changed(
     """A failed write reports PostgreSQL's message and detail, and that it was rolled back."""
     connector = await started(tmp_path, schema)
     with pytest.raises(ActionFailed) as caught:
-        await run(
+        await run_action(
             connector, "execute", sql=f"INSERT INTO {items} VALUES (%s, 'dup', 1)", params=[1]
         )
     assert str(caught.value).startswith(
@@ -554,17 +544,19 @@ async def test_the_password_never_appears_in_results_errors_or_logs(
         connector = PostgresConnector("pg", settings())
         seen += [repr(connector.settings), str(connector.settings)]
         await connector.start(lambda: None)
-        result = await run(
+        result = await run_action(
             connector,
             "query",
             sql=f"SELECT current_setting('application_name') AS app, count(*) FROM {items}",
         )
         seen += [result.output, json.dumps(result.data)]
-        dry = await run(connector, "execute", dry_run=True, sql=f"UPDATE {items} SET name = name")
+        dry = await run_action(
+            connector, "execute", dry_run=True, sql=f"UPDATE {items} SET name = name"
+        )
         seen += [dry.output, json.dumps(dry.data)]
         for bad in ("SELEC 1", "SELECT pg_sleep(5)", f"INSERT INTO {items} VALUES (7, 'x', 1)"):
             with pytest.raises(ActionFailed) as caught:
-                await run(connector, "query", sql=bad, budget=1.0)
+                await run_action(connector, "query", sql=bad, budget=1.0)
             seen.append(str(caught.value))
         down = PostgresConnector("pgdown", settings(port=free_port()))
         with pytest.raises(RetryableError, match="cannot connect to PostgreSQL") as refused:

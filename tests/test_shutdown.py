@@ -9,184 +9,31 @@ process exits 0 either way.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import inspect
-import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
 
-from bot.config import Settings
 from bot.engine import Engine
 from bot.jobs import Worker
 from bot.models import Request, RequestRecord
 from bot.store import Store
 from bot.store.redis_jobs import RedisJobQueue
 from bot.wiring import open_engine
-from tests.conftest import write_policy
+from tests.support.lam_process import LamProcesses
 from tests.support.redis_server import free_port
 from tests.support.slack import SIGNING_SECRET, SlackSimulator
-
-REPO = Path(__file__).resolve().parent.parent
-LAM = [sys.executable, "-m", "bot.cli"]
-DEADLINE = 30.0
-"""Seconds any awaited condition has before the test fails."""
-
-T = TypeVar("T")
-
-POLICY = "g, user:alice, role:developer, *\np, role:developer, staging, shell.*, *, run, allow\n"
-
-
-def runbooks(marker: str) -> str:
-    """A quick step, a two-second one and a half-minute one; the sleeps carry ``marker``."""
-    return f"""\
-connectors:
-  - type: shell
-    name: shell
-    settings:
-      runbooks:
-        quick:
-          description: Say that it ran.
-          argv: [echo, quick ran]
-          risk: write
-        steady:
-          description: Take two seconds.
-          argv: [sleep, "2.{marker}"]
-          risk: write
-        slow:
-          description: Take half a minute.
-          argv: [sleep, "29.{marker}"]
-          risk: write
-          timeout: 60
-"""
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T] | T], what: str, deadline: float = DEADLINE
-) -> T:
-    """The first truthy result of ``probe``, polled until ``deadline`` seconds have passed."""
-    until = time.monotonic() + deadline
-    while time.monotonic() < until:
-        result = probe()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return result  # type: ignore[return-value]  # awaited above when awaitable
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"gave up after {deadline}s waiting for {what}")
-
-
-class LamProcesses:
-    """``lam`` processes on one Redis and key prefix, with the runbooks above, logging JSON."""
-
-    def __init__(self, tmp_path: Path, redis_url: str, prefix: str) -> None:
-        self.tmp_path = tmp_path
-        self.marker = f"{uuid.uuid4().int % 10**9:09d}"
-        config = tmp_path / "lam.yaml"
-        config.write_text(runbooks(self.marker), encoding="utf-8")
-        policies = write_policy(tmp_path / "policies", POLICY)
-        self.env = {
-            "PATH": os.environ["PATH"],
-            "LAM_HOME": str(tmp_path / "home"),
-            "LAM_CONFIG": str(config),
-            "LAM_POLICY_DIR": str(policies),
-            "REDIS_URL": redis_url,
-            "LAM_REDIS_PREFIX": prefix,
-            "LAM_LOG_FORMAT": "json",
-            "LAM_LOG_LEVEL": "info",
-        }
-        self.processes: list[subprocess.Popen[bytes]] = []
-
-    def settings(self) -> Settings:
-        return Settings.model_validate(self.env)
-
-    async def start(self, name: str, *args: str, ready: str, **env: str) -> subprocess.Popen[bytes]:
-        """``lam ARGS`` with its output in ``NAME.log``, returned once it logged ``ready``."""
-        log = self.log_path(name)
-        process = self.spawn(log, args, env)
-
-        def started() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(f"{name} exited before {ready!r}: {log.read_text()}")
-            return ready in self.events(name)
-
-        await eventually(started, f"{name} to log {ready!r}")
-        return process
-
-    def spawn(
-        self, log: Path, args: tuple[str, ...], env: dict[str, str]
-    ) -> subprocess.Popen[bytes]:
-        with log.open("wb") as output:
-            process = subprocess.Popen(
-                [*LAM, *args],
-                env={**self.env, **env},
-                cwd=REPO,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-            )
-        self.processes.append(process)
-        return process
-
-    def log_path(self, name: str) -> Path:
-        return self.tmp_path / f"{name}.log"
-
-    def events(self, name: str) -> list[str]:
-        """The event names a process has logged so far, in order; every line must be JSON."""
-        return [line["event"] for line in self.lines(name)]
-
-    def lines(self, name: str) -> list[dict[str, Any]]:
-        text = self.log_path(name).read_text(encoding="utf-8")
-        # The last line may still be being written.
-        complete = text[: text.rfind("\n") + 1]
-        return [json.loads(line) for line in complete.splitlines()]
-
-    def marked_processes(self, program: str = "") -> list[int]:
-        """Processes whose command line holds this test's marker (a runbook's sleep)."""
-        found = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    argv = (entry / "cmdline").read_bytes().split(b"\0")
-                except OSError:
-                    continue
-                if self.marker.encode() in b" ".join(argv) and argv[0].startswith(program.encode()):
-                    found.append(int(entry.name))
-        return found
-
-    def clean_up(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-        for pid in self.marked_processes():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+from tests.support.waiting import DEADLINE, eventually
 
 
 @pytest.fixture
-def lam(tmp_path: Path, redis_url: str, redis_prefix: str) -> Iterator[LamProcesses]:
-    processes = LamProcesses(tmp_path, redis_url, redis_prefix)
-    try:
-        yield processes
-    finally:
-        processes.clean_up()
-
-
-@pytest.fixture
-async def engine(lam: LamProcesses) -> AsyncIterator[Engine]:
+async def engine(lam_processes: LamProcesses) -> AsyncIterator[Engine]:
     """The test's own engine on the processes' Redis: it asks, and it looks."""
-    opened = await open_engine(lam.settings())
+    opened = await open_engine(lam_processes.settings())
     yield opened
     await opened.aclose()
 
@@ -225,12 +72,10 @@ def queue_of(engine: Engine) -> RedisJobQueue:
 
 
 async def test_sigterm_lets_the_running_step_finish_and_takes_no_new_job(
-    lam: LamProcesses, engine: Engine
+    lam_processes: LamProcesses, engine: Engine
 ) -> None:
     """On SIGTERM mid-step the step finishes, the job queued behind it stays queued, exit 0."""
-    worker = await lam.start(
-        "worker", "worker", "--name", "W", ready="worker.started", LAM_SHUTDOWN_GRACE_SECONDS="20"
-    )
+    worker = await lam_processes.start_worker("W", LAM_SHUTDOWN_GRACE_SECONDS="20")
     running = await ask(engine, "steady")
     await eventually(lambda: step_running(engine.store, running.id), "step s1 to run")
     waiting = await ask(engine, "quick")
@@ -241,7 +86,7 @@ async def test_sigterm_lets_the_running_step_finish_and_takes_no_new_job(
     assert time.monotonic() - signalled < 20
 
     assert (await engine.store.get(running.id)).state == "succeeded"
-    events = lam.events("worker")
+    events = lam_processes.events("W")
     assert events.index("shutdown.started") < events.index("request.succeeded")
     assert (await engine.store.get(waiting.id)).state == "approved"
     # Still waiting for a worker: not delivered to W, not pending with it.
@@ -275,27 +120,27 @@ async def test_a_job_that_arrives_as_the_worker_stops_is_handed_back_unstarted(
 
 @pytest.mark.parametrize("cut_by", ["grace", "second signal"])
 async def test_a_step_cut_short_goes_back_to_the_queue_for_the_next_worker(
-    lam: LamProcesses, engine: Engine, cut_by: str
+    lam_processes: LamProcesses, engine: Engine, cut_by: str
 ) -> None:
     """Cut short by the grace period or a second signal, the step is stopped, its job is
     handed back for the next worker at once, and the process still exits 0."""
     grace = "0.5" if cut_by == "grace" else "30"
-    worker = await lam.start(
-        "worker", "worker", "--name", "W", ready="worker.started", LAM_SHUTDOWN_GRACE_SECONDS=grace
-    )
+    worker = await lam_processes.start_worker("W", LAM_SHUTDOWN_GRACE_SECONDS=grace)
     asked = await ask(engine, "slow")
     await eventually(lambda: step_running(engine.store, asked.id), "step s1 to run")
-    await eventually(lambda: lam.marked_processes("sleep"), "the slow runbook's sleep")
+    await eventually(lambda: lam_processes.marked_processes("sleep"), "the slow runbook's sleep")
 
     signalled = time.monotonic()
     worker.send_signal(signal.SIGTERM)
     if cut_by == "second signal":
-        await eventually(lambda: "shutdown.started" in lam.events("worker"), "the first signal")
+        await eventually(
+            lambda: "shutdown.started" in lam_processes.events("W"), "the first signal"
+        )
         worker.send_signal(signal.SIGTERM)
     assert await exit_code(worker) == 0
     assert time.monotonic() - signalled < 10
-    await eventually(lambda: not lam.marked_processes(), "the runbook's processes to end")
-    events = lam.events("worker")
+    await eventually(lambda: not lam_processes.marked_processes(), "the runbook's processes to end")
+    events = lam_processes.events("W")
     assert "shutdown.hurried" in events and "job.released" in events
 
     left = await engine.store.get(asked.id)
@@ -313,13 +158,13 @@ async def test_a_step_cut_short_goes_back_to_the_queue_for_the_next_worker(
 
 
 async def test_lam_serve_stops_taking_events_then_finishes_and_posts_the_audit(
-    lam: LamProcesses, engine: Engine
+    lam_processes: LamProcesses, engine: Engine
 ) -> None:
     """SIGTERM to lam serve over HTTP: Slack events are refused at once, the running step
     finishes, every audit event reaches the audit channel, and it exits 0."""
     port = free_port()
     async with SlackSimulator() as sim:
-        serve = await lam.start(
+        serve = await lam_processes.start(
             "serve",
             "serve",
             "--port",
@@ -341,7 +186,8 @@ async def test_lam_serve_stops_taking_events_then_finishes_and_posts_the_audit(
 
         serve.send_signal(signal.SIGTERM)
         await eventually(
-            lambda: "slack.stopped_listening" in lam.events("serve"), "serve to stop listening"
+            lambda: "slack.stopped_listening" in lam_processes.events("serve"),
+            "serve to stop listening",
         )
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=1.0).close()

@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,12 +14,12 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.support.lam_process import LamProcesses, run_lam
+from tests.support.policies import SHIPPED_POLICIES
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.slack import BOT_TOKEN, SIGNING_SECRET
-from tests.test_shutdown import LamProcesses, eventually
+from tests.support.waiting import eventually
 
-REPO = Path(__file__).resolve().parent.parent
-LAM = [sys.executable, "-m", "bot.cli"]
 STARTUP_LIMIT = 10.0
 """Seconds a refused start-up may take, Python's own start included."""
 
@@ -30,7 +28,7 @@ STARTUP_LIMIT = 10.0
 def base_env(tmp_path: Path, redis_url: str, redis_prefix: str) -> dict[str, str]:
     """Settings a worker and (over HTTP) a Slack front would start with."""
     policies = tmp_path / "policies"
-    shutil.copytree(REPO / "policies", policies)
+    shutil.copytree(SHIPPED_POLICIES, policies)
     return {
         "PATH": os.environ["PATH"],
         "LAM_HOME": str(tmp_path / "home"),
@@ -48,9 +46,7 @@ def refused(command: str, env: dict[str, str]) -> tuple[str, float]:
     """Run ``lam COMMAND``; it must exit 2 with one error line, last; that line and the time."""
     args = [command, "--port", "0"] if command == "serve" else [command]
     started = time.monotonic()
-    result = subprocess.run(
-        [*LAM, *args], capture_output=True, text=True, env=env, timeout=60, cwd=REPO
-    )
+    result = run_lam(*args, env=env)
     elapsed = time.monotonic() - started
     assert result.returncode == 2, (result.returncode, result.stderr)
     lines = result.stderr.strip().splitlines()
@@ -142,14 +138,7 @@ def test_a_health_port_in_use_stops_the_worker_naming_it(base_env: dict[str, str
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
-        result = subprocess.run(
-            [*LAM, "worker", "--health-port", str(port), "--host", "127.0.0.1"],
-            capture_output=True,
-            text=True,
-            env=base_env,
-            timeout=60,
-            cwd=REPO,
-        )
+        result = run_lam("worker", "--health-port", str(port), "--host", "127.0.0.1", env=base_env)
     assert result.returncode == 2, result.stderr
     assert (
         result.stderr.strip()
@@ -166,15 +155,13 @@ def worker_on_private_redis(
     tmp_path: Path, private_redis: RedisServer
 ) -> Iterator[tuple[LamProcesses, int]]:
     """A ``lam`` on a Redis of the test's own, with one connector that cannot start."""
-    processes = LamProcesses(tmp_path, private_redis.url, "lam:")
-    config = Path(processes.env["LAM_CONFIG"])
-    config.write_text(
-        config.read_text(encoding="utf-8") + "  - {type: telnet, name: old}\n", encoding="utf-8"
-    )
-    try:
+    with LamProcesses(tmp_path, private_redis.url, "lam:") as processes:
+        config = Path(processes.env["LAM_CONFIG"])
+        config.write_text(
+            config.read_text(encoding="utf-8") + "  - {type: telnet, name: old}\n",
+            encoding="utf-8",
+        )
         yield processes, free_port()
-    finally:
-        processes.clean_up()
 
 
 async def get(url: str) -> tuple[int, Any]:
