@@ -17,16 +17,9 @@ WHICH = "Which service: web or api?"
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[ScriptedOpenAI]:
-    async with ScriptedOpenAI.running() as scripted:
-        yield scripted
-        scripted.assert_done()
-
-
-@pytest.fixture
-async def asking_lam(lam: Lam, server: ScriptedOpenAI) -> AsyncIterator[Lam]:
+async def asking_lam(lam: Lam, openai_server: ScriptedOpenAI) -> AsyncIterator[Lam]:
     """LAM planning with the offline phrasings, then the scripted model."""
-    planner = ChainPlanner(AliasPlanner(), planner_on(server))
+    planner = ChainPlanner(AliasPlanner(), planner_on(openai_server))
     lam.engine.planner = planner
     yield lam
     await planner.aclose()
@@ -48,11 +41,11 @@ def reply(user: str, text: str, ts: str, thread_ts: str) -> dict[str, Any]:
 
 
 async def test_the_requester_answers_in_the_thread(
-    asking_lam: Lam, server: ScriptedOpenAI, connector: GatedConnector
+    asking_lam: Lam, openai_server: ScriptedOpenAI, connector: GatedConnector
 ) -> None:
     """The question shows on the plan; others' replies are refused; the requester's runs it."""
     lam, sim = asking_lam, asking_lam.sim
-    server.enqueue(
+    openai_server.enqueue(
         tool_calls(("clarify", {"question": WHICH})),
         tool_calls(("test__restart", {"service": "web"})),
     )
@@ -88,11 +81,11 @@ async def test_the_requester_answers_in_the_thread(
 
 
 async def test_an_answer_that_mentions_lam_is_an_answer_too(
-    asking_lam: Lam, server: ScriptedOpenAI, connector: GatedConnector
+    asking_lam: Lam, openai_server: ScriptedOpenAI, connector: GatedConnector
 ) -> None:
     """Mentioning LAM in the reply answers the question rather than asking something new."""
     lam, sim = asking_lam, asking_lam.sim
-    server.enqueue(
+    openai_server.enqueue(
         tool_calls(("clarify", {"question": WHICH})),
         tool_calls(("test__restart", {"service": "api"})),
     )
