@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import AfterValidator, Field, create_model, model_validator
 
-from bot.models import Risk
 from connectors._http_endpoint import (
     PLACEHOLDER,
-    DryRun,
     Endpoint,
+    EndpointSettings,
     Location,
     Method,
     Wire,
@@ -57,28 +56,14 @@ class HttpParamSpec(ParamSpec):
         return self
 
 
-class HttpCall(BaseModel):
+class HttpCall(EndpointSettings):
     """A declared REST call: one action of the connector."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     description: str
     method: Method = "GET"
     url: str
     """Absolute, or a path appended to ``base_url``; ``{param}`` placeholders in the path."""
     params: dict[str, HttpParamSpec] = Field(default_factory=dict)
-    examples: list[str] = Field(default_factory=list)
-    """Phrasings for the offline planner, with ``{param}`` slots."""
-    risk: Risk | None = None
-    """Defaults by method: GET, HEAD, OPTIONS read; DELETE destructive; others write."""
-    resource: str | None = None
-    idempotent: bool | None = None
-    """Defaults by method: GET, HEAD, OPTIONS, PUT, DELETE are; POST and PATCH are not."""
-    timeout: float | None = Field(default=None, gt=0)
-    """Seconds; defaults to the connector's ``timeout``."""
-    keep: list[str] = Field(default_factory=list)
-    """Dotted paths into a JSON response (``*`` maps over a list); the rest is dropped."""
-    dry_run: DryRun = None
 
     @model_validator(mode="after")
     def _consistent(self) -> HttpCall:

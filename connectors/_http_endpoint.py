@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, JsonValue, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 from yarl import URL
 
 from bot.models import Risk
@@ -77,6 +77,27 @@ class DryRunRequest(BaseModel):
 
 
 DryRun = Literal["describe"] | DryRunRequest | None
+
+
+class EndpointSettings(BaseModel):
+    """What lam.yaml may say of any http action, declared or imported from OpenAPI."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    examples: list[str] = Field(default_factory=list)
+    """Phrasings for the offline planner, with ``{param}`` slots."""
+    risk: Risk | None = None
+    """Defaults by method: GET, HEAD, OPTIONS read; DELETE destructive; others write."""
+    resource: str | None = None
+    idempotent: bool | None = None
+    """Defaults by method: GET, HEAD, OPTIONS, PUT, DELETE are; POST and PATCH are not."""
+    timeout: float | None = Field(default=None, gt=0)
+    """Seconds; defaults to the connector's ``timeout``."""
+    keep: list[str] = Field(default_factory=list)
+    """Dotted paths into a JSON response (``*`` maps over a list); the rest is dropped."""
+    dry_run: DryRun = None
+
+
 """``describe``: report the request without sending it; a ``DryRunRequest``: send it with
 the API's own dry-run switch; ``None``: no dry-run mode."""
 

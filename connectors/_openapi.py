@@ -16,14 +16,13 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
+from pydantic import AfterValidator, create_model
 from yarl import URL
 
-from bot.models import Risk
 from connectors._http_endpoint import (
     RESERVED_HEADERS,
-    DryRun,
     Endpoint,
+    EndpointSettings,
     Location,
     Method,
     Wire,
@@ -41,20 +40,10 @@ PARAMETER_LOCATIONS: dict[str, Location] = {"path": "path", "query": "query", "h
 _SCALAR_TYPES = frozenset({"string", "integer", "number", "boolean"})
 
 
-class OperationSettings(BaseModel):
+class OperationSettings(EndpointSettings):
     """What lam.yaml adds to or overrides in one imported operation."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     description: str | None = None
-    examples: list[str] = Field(default_factory=list)
-    risk: Risk | None = None
-    """Defaults by method: GET, HEAD, OPTIONS read; DELETE destructive; others write."""
-    resource: str | None = None
-    idempotent: bool | None = None
-    timeout: float | None = Field(default=None, gt=0)
-    keep: list[str] = Field(default_factory=list)
-    dry_run: DryRun = None
 
 
 class InvalidDocument(ValueError):
