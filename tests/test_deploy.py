@@ -1,12 +1,14 @@
 """The container image and the Helm chart, checked without a cluster or a Docker engine.
 
-Always: the chart's values (defaults and every example) against values.schema.json, bad
-values refused, every YAML file parsed, every ``.Values`` path a template names present
-in values.yaml, template blocks balanced, the policies in values loading and passing
-their own tests, the Dockerfile through the real hadolint and against the contract the
-chart relies on. With a ``helm`` binary on PATH also ``helm lint`` and ``helm template``
-of every example, the rendered manifests validated by kubernetes-validate when it is
-importable.
+Always: the chart's values (defaults and every example) against values.schema.json, the
+supported layouts (many serve replicas on Redis, one on SQLite) accepted and bad values
+refused, every YAML file parsed, every ``.Values`` path a template names (and every value
+a template's refusal names) present in values.yaml, template blocks balanced, the
+policies in values loading and passing their own tests, the Dockerfile through the real
+hadolint and against the contract the chart relies on. With a ``helm`` binary on PATH
+also ``helm lint`` and ``helm template`` of every example, the rendered manifests
+validated by kubernetes-validate when it is importable, both layouts rendered and
+checked, and the templates' own refusals.
 """
 
 from __future__ import annotations
@@ -101,6 +103,12 @@ def test_example_values_validate(
     assert schema_errors(schema, merged(defaults, load_yaml(example))) == []
 
 
+SQLITE_LAYOUT: dict[str, Any] = {
+    "serve": {"replicas": 1, "persistence": {"enabled": True}},
+    "worker": {"enabled": False},
+}
+"""What store: sqlite needs besides itself: one serve pod with its volume, no workers."""
+
 BAD_VALUES = [
     pytest.param({"serve": {"replicas": "two"}}, "serve.replicas", id="wrong-type"),
     pytest.param({"replica": 2}, "(top)", id="unknown-top-level-key"),
@@ -124,14 +132,71 @@ BAD_VALUES = [
         {"worker": {"enabled": False}}, "serve.inProcessWorkers", id="nothing-runs-actions"
     ),
     pytest.param({"ingress": {"enabled": True}}, "mode", id="ingress-in-socket-mode"),
-    pytest.param({"serve": {"replicas": 2}}, "serve.replicas", id="replicas-share-one-volume"),
+    pytest.param({"store": "postgres"}, "store", id="unknown-store"),
     pytest.param(
+        # Without a volume, so that only the store's rule can be what refuses the replicas.
         {
-            "serve": {"replicas": 3, "persistence": {"enabled": False}},
-            "auditChannel": {"id": "C0A1"},
+            "store": "sqlite",
+            **SQLITE_LAYOUT,
+            "serve": {"replicas": 2, "persistence": {"enabled": False}},
         },
         "serve.replicas",
-        id="two-audit-posters",
+        id="sqlite-with-two-fronts",
+    ),
+    pytest.param(
+        {
+            "store": "sqlite",
+            **SQLITE_LAYOUT,
+            "serve": {"replicas": 1, "persistence": {"enabled": False}},
+        },
+        "serve.persistence.enabled",
+        id="sqlite-without-a-volume",
+    ),
+    pytest.param(
+        {"store": "sqlite", **SQLITE_LAYOUT, "worker": {"enabled": True}},
+        "worker.enabled",
+        id="sqlite-with-workers",
+    ),
+    pytest.param(
+        {"store": "sqlite", **SQLITE_LAYOUT, "auditVerify": {"enabled": True}},
+        "auditVerify.enabled",
+        id="sqlite-with-verify-cronjob",
+    ),
+    pytest.param(
+        {"serve": {"replicas": 2, "persistence": {"enabled": True}}},
+        "serve.replicas",
+        id="replicas-share-one-volume",
+    ),
+    pytest.param(
+        {"serve": {"replicas": 10}}, "serve.replicas", id="more-sockets-than-slack-allows"
+    ),
+    pytest.param(
+        {
+            "secrets": {
+                "create": True,
+                "values": {"slackBotToken": "xoxb-1", "slackAppToken": "xapp-1"},
+            }
+        },
+        "secrets.values.redisUrl",
+        id="redis-store-without-url",
+    ),
+    pytest.param(
+        {"serve": {"podDisruptionBudget": {"enabled": True, "maxUnavailable": 1}}},
+        "serve.podDisruptionBudget",
+        id="serve-budget-is-min-available",
+    ),
+    pytest.param(
+        {"serve": {"podDisruptionBudget": {"enabled": True, "minAvailable": 0}}},
+        "serve.podDisruptionBudget.minAvailable",
+        id="budget-that-protects-nothing",
+    ),
+    pytest.param(
+        {"settings": {"slackLeaseSeconds": 0}}, "settings.slackLeaseSeconds", id="lease-of-zero"
+    ),
+    pytest.param(
+        {"settings": {"slackUpdateSeconds": "1s"}},
+        "settings.slackUpdateSeconds",
+        id="update-interval-with-unit",
     ),
     pytest.param(
         {"policies": {"source": "configMap"}},
@@ -169,6 +234,64 @@ def test_bad_values_are_refused_naming_the_value(
     errors = schema_errors(schema, merged(defaults, override))
     assert errors, f"{override} was accepted"
     assert any(error.startswith(f"{where}:") for error in errors), errors
+
+
+GOOD_VALUES = [
+    pytest.param({}, id="defaults"),
+    pytest.param(
+        {"serve": {"replicas": 4}, "auditChannel": {"id": "C0123AUDIT"}},
+        id="redis-many-fronts-and-an-audit-channel",
+    ),
+    pytest.param(
+        {"mode": "http", "serve": {"replicas": 20, "podDisruptionBudget": {"minAvailable": "50%"}}},
+        id="http-beyond-the-socket-limit",
+    ),
+    pytest.param(
+        {"serve": {"replicas": 1, "persistence": {"enabled": True}}},
+        id="redis-upgrade-step-with-the-old-volume",
+    ),
+    pytest.param(
+        {
+            "store": "sqlite",
+            **SQLITE_LAYOUT,
+            "auditChannel": {"id": "C0123AUDIT"},
+            "secrets": {
+                "create": True,
+                "values": {"slackBotToken": "xoxb-1", "slackAppToken": "xapp-1"},
+            },
+        },
+        id="sqlite-one-front-no-redis-url",
+    ),
+    pytest.param(
+        {"settings": {"slackLeaseSeconds": 7.5, "slackUpdateSeconds": 0}},
+        id="lease-and-update-intervals",
+    ),
+]
+
+
+@pytest.mark.parametrize("override", GOOD_VALUES)
+def test_supported_layouts_are_accepted(
+    schema: dict[str, Any], defaults: dict[str, Any], override: dict[str, Any]
+) -> None:
+    """Many serve replicas with Redis (with an audit channel), and one on SQLite, validate."""
+    assert schema_errors(schema, merged(defaults, override)) == []
+
+
+def test_defaults_run_two_fronts_on_redis_without_a_volume(defaults: dict[str, Any]) -> None:
+    """By default the store is Redis, serve runs 2 replicas, and LAM_HOME needs no volume."""
+    assert defaults["store"] == "redis"
+    assert defaults["serve"]["replicas"] == 2
+    assert defaults["serve"]["persistence"]["enabled"] is False
+    assert defaults["serve"]["podDisruptionBudget"] == {"enabled": True, "minAvailable": 1}
+
+
+@pytest.mark.parametrize("name", ["values-http.yaml", "values-socket.yaml"])
+def test_team_examples_run_several_fronts_on_redis(defaults: dict[str, Any], name: str) -> None:
+    """The HTTP and Socket Mode examples run two or more serve pods on Redis, no volume."""
+    values = merged(defaults, load_yaml(CHART / "examples" / name))
+    assert values["store"] == "redis"
+    assert values["serve"]["replicas"] >= 2
+    assert values["serve"]["persistence"]["enabled"] is False
 
 
 def test_every_yaml_file_outside_templates_parses() -> None:
@@ -309,6 +432,44 @@ def test_values_path_check_catches_a_typo(tmp_path: Path, defaults: dict[str, An
     )
     unresolved = [d for d in values_paths(template) if not resolves(defaults, d)]
     assert unresolved == [".serve.replica", ".networkPolicy.egres.dns"]
+
+
+FAIL_MESSAGE = re.compile(r'\b(?:fail|required)\s+\(?(?:printf\s+)?"((?:[^"\\]|\\.)*)"')
+DOTTED = re.compile(r"(?<![\w%.-])([a-z][A-Za-z0-9]*(?:\.[A-Za-z0-9]+)+)")
+
+
+def values_named_in_failures(path: Path, values: dict[str, Any]) -> Iterator[str]:
+    """Dotted values paths (``serve.replicas``) that a ``fail`` or ``required`` message names."""
+    for body in actions(path):
+        for message in FAIL_MESSAGE.findall(body):
+            for dotted in DOTTED.findall(message):
+                if dotted.split(".", 1)[0] in values:
+                    yield dotted
+
+
+def test_failure_messages_name_existing_values(defaults: dict[str, Any]) -> None:
+    """Every value a template's refusal tells the user to change exists in values.yaml."""
+    named = [(p.name, d) for p in template_files() for d in values_named_in_failures(p, defaults)]
+    assert len(named) > 20, "the check found too few values in failure messages to be working"
+    assert [f"{name}: {d}" for name, d in named if not resolves(defaults, "." + d)] == []
+    assert ("_helpers.tpl", "serve.replicas") in named
+
+
+def test_failure_message_check_catches_a_stale_name(
+    tmp_path: Path, defaults: dict[str, Any]
+) -> None:
+    """The failure-message check reports a value that no longer exists, in fail and required."""
+    template = tmp_path / "bad.tpl"
+    template.write_text(
+        '{{- fail (printf "serve.replica %d is too many; see lam.yaml" 2) -}}\n'
+        '{{- required "auditChannel.name is required" .Values.auditChannel.id -}}\n',
+        encoding="utf-8",
+    )
+    named = list(values_named_in_failures(template, defaults))
+    assert [d for d in named if not resolves(defaults, "." + d)] == [
+        "serve.replica",
+        "auditChannel.name",
+    ]
 
 
 def test_template_blocks_are_balanced() -> None:
@@ -577,3 +738,109 @@ def test_helm_template_refuses_inconsistent_values(tmp_path: Path) -> None:
     result = helm("template", "lam", str(CHART), "-f", str(values))
     assert result.returncode != 0
     assert "settings.defaultEnvironment" in result.stderr
+
+
+def render(tmp_path: Path, values: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """`helm template` of the chart as release ``lam`` with ``values`` as a -f file."""
+    path = tmp_path / "values.yaml"
+    path.write_text(values, encoding="utf-8")
+    return helm("template", "lam", str(CHART), "-f", str(path), *extra)
+
+
+def manifests(result: subprocess.CompletedProcess[str]) -> dict[tuple[str, str], Any]:
+    assert result.returncode == 0, result.stderr
+    documents = [d for d in yaml.safe_load_all(result.stdout) if d]
+    return {(d["kind"], d["metadata"]["name"]): d for d in documents}
+
+
+def serve_env(rendered: dict[tuple[str, str], Any]) -> dict[str, Any]:
+    container = rendered[("Deployment", "lam-serve")]["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+@needs_helm
+def test_helm_renders_rolling_fronts_on_redis(tmp_path: Path) -> None:
+    """With Redis, serve rolls 2+ replicas on an emptyDir, with a budget, lease and channel."""
+    rendered = manifests(
+        render(
+            tmp_path,
+            "secrets: {existingSecret: lam}\n"
+            "serve: {replicas: 3}\n"
+            "auditChannel: {id: C0123AUDIT}\n"
+            "settings: {slackLeaseSeconds: 10, slackUpdateSeconds: 0}\n",
+        )
+    )
+    deployment = rendered[("Deployment", "lam-serve")]["spec"]
+    assert deployment["replicas"] == 3
+    assert deployment["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    home = next(v for v in deployment["template"]["spec"]["volumes"] if v["name"] == "home")
+    assert "emptyDir" in home
+    assert not any(kind == "PersistentVolumeClaim" for kind, _ in rendered)
+    assert rendered[("PodDisruptionBudget", "lam-serve")]["spec"]["minAvailable"] == 1
+    env = serve_env(rendered)
+    assert env["LAM_AUDIT_CHANNEL"] == "C0123AUDIT"
+    assert env["LAM_SLACK_LEASE_SECONDS"] == "10"
+    assert env["LAM_SLACK_UPDATE_SECONDS"] == "0"
+    assert env["REDIS_URL"] == {"secretKeyRef": {"name": "lam", "key": "REDIS_URL"}}
+
+
+@needs_helm
+def test_helm_renders_one_front_on_sqlite(tmp_path: Path) -> None:
+    """With SQLite, one serve pod is recreated on its volume, with no Redis and no workers."""
+    rendered = manifests(
+        helm("template", "lam", str(CHART), "-f", str(CHART / "examples" / "values-trial.yaml"))
+    )
+    deployment = rendered[("Deployment", "lam-serve")]["spec"]
+    assert deployment["replicas"] == 1
+    assert deployment["strategy"] == {"type": "Recreate"}
+    assert ("PersistentVolumeClaim", "lam-serve") in rendered
+    assert ("Deployment", "lam-worker") not in rendered
+    assert ("PodDisruptionBudget", "lam-serve") not in rendered
+    env = serve_env(rendered)
+    assert "REDIS_URL" not in env and "LAM_SLACK_LEASE_SECONDS" not in env
+    assert "REDIS_URL" not in rendered[("Secret", "lam")]["data"]
+
+
+@needs_helm
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        pytest.param(
+            "secrets: {existingSecret: lam}\nstore: sqlite\nworker: {enabled: false}\n"
+            "serve: {replicas: 2, persistence: {enabled: true}}\n",
+            "serve.replicas",
+            id="sqlite-with-two-fronts",
+        ),
+        pytest.param(
+            "secrets: {existingSecret: lam}\nstore: sqlite\nworker: {enabled: false}\n"
+            "serve: {replicas: 1}\n",
+            "serve.persistence.enabled",
+            id="sqlite-without-a-volume",
+        ),
+    ],
+)
+def test_helm_template_refuses_sqlite_layouts_without_the_schema(
+    tmp_path: Path, values: str, named: str
+) -> None:
+    """The templates refuse what the schema refuses about SQLite, so skipping it changes nothing."""
+    result = render(tmp_path, values, "--skip-schema-validation")
+    if "unknown flag" in result.stderr:
+        pytest.skip("this helm predates --skip-schema-validation (3.16)")
+    assert result.returncode != 0
+    assert named in result.stderr and "store=sqlite" in result.stderr
+
+
+@needs_helm
+def test_helm_template_refuses_a_budget_that_blocks_drains(tmp_path: Path) -> None:
+    """A serve minAvailable not below the replicas stops rendering, naming both values."""
+    result = render(
+        tmp_path,
+        "secrets: {existingSecret: lam}\n"
+        "serve: {replicas: 2, podDisruptionBudget: {enabled: true, minAvailable: 2}}\n",
+    )
+    assert result.returncode != 0
+    assert "serve.podDisruptionBudget.minAvailable" in result.stderr
+    assert "serve.replicas" in result.stderr

@@ -73,7 +73,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- else if .Values.secrets.existingSecret -}}
 {{- .Values.secrets.existingSecret -}}
 {{- else -}}
-{{- fail "secrets: set secrets.existingSecret to the Secret that holds LAM's Slack tokens and Redis URL, or set secrets.create=true with secrets.values (see values.yaml)" -}}
+{{- fail "secrets: set secrets.existingSecret to the Secret that holds LAM's Slack tokens (and its Redis URL with store=redis), or set secrets.create=true with secrets.values (see values.yaml)" -}}
 {{- end -}}
 {{- end -}}
 
@@ -89,9 +89,13 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-config" (include "lam.fullname" . | trunc 56 | trimSuffix "-") -}}
 {{- end -}}
 
-{{/* Whether a component runs actions, and so needs what the sandbox needs. */}}
+{{/*
+Whether a component runs actions, and so needs what the sandbox needs. With store=sqlite
+there is no job queue: the serve pod runs every approved request itself.
+*/}}
 {{- define "lam.runsActions" -}}
-{{- if or (eq .component "worker") (and (eq .component "serve") (gt (int .ctx.Values.serve.inProcessWorkers) 0)) -}}
+{{- $v := .ctx.Values -}}
+{{- if or (eq .component "worker") (and (eq .component "serve") (or (eq $v.store "sqlite") (gt (int $v.serve.inProcessWorkers) 0))) -}}
 true
 {{- end -}}
 {{- end -}}
@@ -107,11 +111,32 @@ true
 {{- fail (printf "settings.channelEnvironments binds %s to %q, which is not one of settings.environments %v" $channel $env $envs) -}}
 {{- end -}}
 {{- end -}}
-{{- if and (not .Values.worker.enabled) (eq (int .Values.serve.inProcessWorkers) 0) -}}
+{{- $replicas := int .Values.serve.replicas -}}
+{{- if eq .Values.store "sqlite" -}}
+{{- if gt $replicas 1 -}}
+{{- fail (printf "serve.replicas is %d but store=sqlite allows 1: the SQLite store is one file on one pod's volume; set store=redis (and REDIS_URL in the Secret) for more serve pods" $replicas) -}}
+{{- end -}}
+{{- if not .Values.serve.persistence.enabled -}}
+{{- fail "store=sqlite needs serve.persistence.enabled=true: the store and its audit trail live in LAM_HOME, which would otherwise be lost with the pod" -}}
+{{- end -}}
+{{- if .Values.worker.enabled -}}
+{{- fail "store=sqlite needs worker.enabled=false: worker pods take jobs from Redis, and with SQLite the serve pod runs approved requests itself" -}}
+{{- end -}}
+{{- if .Values.auditVerify.enabled -}}
+{{- fail "store=sqlite needs auditVerify.enabled=false: the CronJob cannot mount serve's volume; run `lam audit verify` in the serve pod instead" -}}
+{{- end -}}
+{{- else if and (not .Values.worker.enabled) (eq (int .Values.serve.inProcessWorkers) 0) -}}
 {{- fail "nothing would run approved actions: set worker.enabled=true or serve.inProcessWorkers above 0" -}}
 {{- end -}}
-{{- if and (gt (int .Values.serve.replicas) 1) (or .Values.serve.persistence.enabled .Values.auditChannel.id) -}}
-{{- fail "serve.replicas above 1 needs serve.persistence.enabled=false and no auditChannel.id: the Slack front's memory and the audit poster are per process (see values.yaml, serve.replicas)" -}}
+{{- if and (gt $replicas 1) .Values.serve.persistence.enabled -}}
+{{- fail (printf "serve.replicas is %d but serve.persistence.enabled=true mounts one ReadWriteOnce volume: use replicas 1 with the volume (store=sqlite, or the one upgrade that moves slack-state.json into Redis), or turn persistence off" $replicas) -}}
+{{- end -}}
+{{- $minAvailable := .Values.serve.podDisruptionBudget.minAvailable -}}
+{{- if and .Values.serve.podDisruptionBudget.enabled (gt $replicas 1) (not (kindIs "string" $minAvailable)) (ge (int $minAvailable) $replicas) -}}
+{{- fail (printf "serve.podDisruptionBudget.minAvailable (%d) must be below serve.replicas (%d), or a node drain could never evict a serve pod" (int $minAvailable) $replicas) -}}
+{{- end -}}
+{{- if and (eq .Values.mode "socket") (gt $replicas 9) -}}
+{{- fail (printf "serve.replicas is %d but Slack gives an app 10 Socket Mode connections, one per pod and one more while a pod is replaced: use at most 9, or mode=http" $replicas) -}}
 {{- end -}}
 {{- if and .Values.ingress.enabled (ne .Values.mode "http") -}}
 {{- fail "ingress.enabled needs mode=http: in Socket Mode Slack is reached over a WebSocket and nothing comes in" -}}
@@ -167,7 +192,7 @@ to close connections and post the last audit events before SIGKILL.
 {{- end -}}
 {{- $grace := sub (sub $total $preStop) 5 -}}
 {{- if lt (int $grace) 1 -}}
-{{- fail (printf "%s: terminationGracePeriodSeconds (%d) must exceed the preStop delay (%d) by more than 5 seconds, the time LAM keeps to close down" .component $total $preStop) -}}
+{{- fail (printf "%s.terminationGracePeriodSeconds (%d) must exceed the preStop delay (%d) by more than 5 seconds, the time LAM keeps to close down" .component $total $preStop) -}}
 {{- end -}}
 {{- $grace -}}
 {{- end -}}
@@ -292,11 +317,14 @@ topologySpreadConstraints:
 - name: LAM_SHUTDOWN_GRACE_SECONDS
   value: {{ include "lam.shutdownGrace" . | quote }}
 {{- end }}
+{{- /* Without REDIS_URL LAM opens the embedded SQLite store in LAM_HOME. */}}
+{{- if eq $v.store "redis" }}
 - name: REDIS_URL
   valueFrom:
     secretKeyRef:
       name: {{ $secret }}
       key: {{ $v.secrets.keys.redisUrl }}
+{{- end }}
 {{- if ne .component "verify" }}
 {{- with $v.llm.model }}
 - name: LAM_MODEL
@@ -334,9 +362,19 @@ topologySpreadConstraints:
 - name: LAM_APPROVER_GROUPS
   value: {{ include "lam.pairs" $v.settings.approverGroups | quote }}
 {{- end }}
+{{- /* Every serve pod gets the channel: the one holding the Slack lease posts. */}}
 {{- with $v.auditChannel.id }}
 - name: LAM_AUDIT_CHANNEL
   value: {{ . | quote }}
+{{- end }}
+{{- /* Compared as text: 0 is a valid update interval but false to `if`. */}}
+{{- if ne (toString $v.settings.slackLeaseSeconds) "" }}
+- name: LAM_SLACK_LEASE_SECONDS
+  value: {{ $v.settings.slackLeaseSeconds | toString | quote }}
+{{- end }}
+{{- if ne (toString $v.settings.slackUpdateSeconds) "" }}
+- name: LAM_SLACK_UPDATE_SECONDS
+  value: {{ $v.settings.slackUpdateSeconds | toString | quote }}
 {{- end }}
 - name: SLACK_BOT_TOKEN
   valueFrom:
