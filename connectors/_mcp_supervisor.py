@@ -287,6 +287,9 @@ class Supervisor:
             if cause.error.code == types.CONNECTION_CLOSED:
                 return self._transport.why_ended()
             return f"it answered: {cause.error.message}"
+        if isinstance(cause, anyio.BrokenResourceError | anyio.ClosedResourceError):
+            # Writing to a server that already ended, before its reader saw the end.
+            return self._transport.why_ended()
         if isinstance(cause, TimeoutError):
             return f"it did not answer within {self._connect_timeout:g}s"
         if isinstance(cause, LamError):
