@@ -26,7 +26,9 @@ for work, so at 50 senders (and for mentions even at one) it is saturated: each 
 waits behind the CPU the other deliveries' work takes, and the ack ratios measure how
 much work LAM does per delivery, which a bare app does not do at all.
 
-    python -m bench.slack_ingress [--requests 300] [--rounds 3]
+    python -m bench.slack_ingress [--requests 300] [--rounds 3] [--concurrency N]
+
+``--concurrency`` is LAM's ``LAM_SLACK_CONCURRENCY`` (its default unless given).
 
 Reports medians over the rounds; never run as a test.
 """
@@ -44,7 +46,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlencode
@@ -99,7 +101,7 @@ async def noop(params: BaseModel, ctx: ActionContext) -> ActionResult:
 
 @asynccontextmanager
 async def lam_app(
-    transport: Transport, api_url: str, home: Path, *, work: bool = True
+    transport: Transport, api_url: str, home: Path, *, work: bool = True, concurrency: int | None
 ) -> AsyncIterator[str]:
     """LAM's whole front on a SQLite store in ``home``; yields its base URL.
 
@@ -125,6 +127,8 @@ async def lam_app(
         api_url=api_url,
         freeze_startup_objects=True,
     )
+    if concurrency is not None:
+        options = replace(options, concurrency=concurrency)
     try:
         async with (
             aiohttp.ClientSession() as session,
@@ -171,7 +175,9 @@ async def bolt_app(transport: Transport, api_url: str, home: Path) -> AsyncItera
             await handler.close_async()  # type: ignore[no-untyped-call]  # likewise
 
 
-async def serve_app(app: App, transport: Transport, api_url: str, home: Path) -> None:
+async def serve_app(
+    app: App, transport: Transport, api_url: str, home: Path, concurrency: int | None
+) -> None:
     """The child: serve until SIGTERM, after printing ``ready URL`` on stdout."""
     configure_logging(log_format="console", level="error", redactor=Redactor())
     stop = asyncio.Event()
@@ -179,7 +185,7 @@ async def serve_app(app: App, transport: Transport, api_url: str, home: Path) ->
     if app == "bolt":
         serving = bolt_app(transport, api_url, home)
     else:
-        serving = lam_app(transport, api_url, home, work=app == "LAM")
+        serving = lam_app(transport, api_url, home, work=app == "LAM", concurrency=concurrency)
     async with serving as url:
         print(f"ready {url or '-'}", flush=True)
         await stop.wait()
@@ -203,9 +209,10 @@ class Child:
 
 @asynccontextmanager
 async def child(
-    sim: SlackSimulator, app: App, transport: Transport, home: Path
+    sim: SlackSimulator, app: App, transport: Transport, home: Path, concurrency: int | None
 ) -> AsyncIterator[Child]:
     before = len(sim.socket_connections)
+    options = [] if concurrency is None else ["--concurrency", str(concurrency)]
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -218,6 +225,7 @@ async def child(
         sim.api_url,
         "--home",
         str(home),
+        *options,
         cwd=REPO,
         stdout=asyncio.subprocess.PIPE,
     )
@@ -341,11 +349,13 @@ def percentile(values: list[float], fraction: float) -> float:
 Results = dict[tuple[Kind, Transport, int, App], list[Measured]]
 
 
-async def one_round(sim: SlackSimulator, requests: int, directory: Path, found: Results) -> None:
+async def one_round(
+    sim: SlackSimulator, requests: int, directory: Path, found: Results, concurrency: int | None
+) -> None:
     for transport in TRANSPORTS:
         for app_name in APPS:
             home = Path(tempfile.mkdtemp(dir=directory))
-            async with child(sim, app_name, transport, home) as app:
+            async with child(sim, app_name, transport, home, concurrency) as app:
                 for kind in KINDS:
                     for senders in SENDERS:
                         measured = await measure(
@@ -354,14 +364,17 @@ async def one_round(sim: SlackSimulator, requests: int, directory: Path, found: 
                         found.setdefault((kind, transport, senders, app_name), []).append(measured)
 
 
-def report(found: Results, requests: int, rounds: int) -> None:
+def report(found: Results, requests: int, rounds: int, concurrency: int) -> None:
     def median(runs: list[Measured], pick: Callable[[Measured], float]) -> float:
         return statistics.median(pick(m) for m in runs)
 
     def p(runs: list[Measured], q: float, answers: bool = False) -> float:
         return median(runs, lambda m: percentile(m.answers if answers else m.acks, q)) * 1000
 
-    print(f"Acks (ms), {requests} deliveries per measurement, median of {rounds} rounds")
+    print(
+        f"Acks (ms), {requests} deliveries per measurement, median of {rounds} rounds,"
+        f" LAM_SLACK_CONCURRENCY={concurrency}"
+    )
     print(
         f"{'kind':<8}{'transport':<10}{'senders':>7}{'bolt p50':>10}{'p99':>7}"
         f"{'LAM-ack p50':>13}{'p99':>7}{'ratios':>12}{'LAM p50':>9}{'p99':>7}{'ratios':>12}"
@@ -371,7 +384,8 @@ def report(found: Results, requests: int, rounds: int) -> None:
         runs = {app: found[kind, transport, senders, app] for app in APPS}
         bolt = (p(runs["bolt"], 0.5), p(runs["bolt"], 0.99))
         line = f"{kind:<8}{transport:<10}{senders:>7}{bolt[0]:>10.2f}{bolt[1]:>7.2f}"
-        for app, width in (("LAM-ack", 13), ("LAM", 9)):
+        columns: tuple[tuple[App, int], ...] = (("LAM-ack", 13), ("LAM", 9))
+        for app, width in columns:
             mine = (p(runs[app], 0.5), p(runs[app], 0.99))
             ratios = f"{mine[0] / bolt[0]:.2f}/{mine[1] / bolt[1]:.2f}"
             line += f"{mine[0]:>{width}.2f}{mine[1]:>7.2f}{ratios:>12}"
@@ -392,14 +406,19 @@ def report(found: Results, requests: int, rounds: int) -> None:
         )
 
 
-async def main(requests: int, rounds: int) -> None:
+async def main(requests: int, rounds: int, concurrency: int | None) -> None:
     configure_logging(log_format="console", level="error", redactor=Redactor())
     found: Results = {}
     with tempfile.TemporaryDirectory() as temporary:
         async with SlackSimulator() as sim:
             for _ in range(rounds):
-                await one_round(sim, requests, Path(temporary), found)
-    report(found, requests, rounds)
+                await one_round(sim, requests, Path(temporary), found, concurrency)
+    report(
+        found,
+        requests,
+        rounds,
+        SlackOptions(BOT_TOKEN).concurrency if concurrency is None else concurrency,
+    )
     sys.stdout.flush()
 
 
@@ -411,11 +430,18 @@ if __name__ == "__main__":
     parser.add_argument("--transport", choices=TRANSPORTS, help=argparse.SUPPRESS)
     parser.add_argument("--api-url", help=argparse.SUPPRESS)
     parser.add_argument("--home", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--concurrency", type=int, help="LAM_SLACK_CONCURRENCY for LAM")
     arguments = parser.parse_args()
     if arguments.serve:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(
-                serve_app(arguments.serve, arguments.transport, arguments.api_url, arguments.home)
+                serve_app(
+                    arguments.serve,
+                    arguments.transport,
+                    arguments.api_url,
+                    arguments.home,
+                    arguments.concurrency,
+                )
             )
     else:
-        asyncio.run(main(arguments.requests, arguments.rounds))
+        asyncio.run(main(arguments.requests, arguments.rounds, arguments.concurrency))

@@ -74,6 +74,11 @@ AUDIT_POST_LAG = Gauge(
     "Audit events written to the store and not yet posted to the Slack audit channel.",
     registry=REGISTRY,
 )
+SLACK_WORK_QUEUED = Gauge(
+    "lam_slack_work_queued",
+    "Slack deliveries acknowledged whose work waits for a free slot (LAM_SLACK_CONCURRENCY).",
+    registry=REGISTRY,
+)
 CONNECTORS_FAILED = Gauge(
     "lam_connectors_failed",
     "Configured connector instances that could not start.",

@@ -53,6 +53,8 @@ class SlackSettings(BaseSettings):
     """How long a replica that died keeps the Slack lease before another takes it over."""
     lam_slack_update_seconds: float = Field(default=1.0, ge=0, alias="LAM_SLACK_UPDATE_SECONDS")
     """Least time between two updates of one plan message while its request is moving."""
+    lam_slack_concurrency: int = Field(default=4, ge=1, le=1000, alias="LAM_SLACK_CONCURRENCY")
+    """Deliveries whose work starts at once; the others wait, already acknowledged."""
 
 
 def load_slack_settings() -> SlackSettings:
@@ -94,6 +96,9 @@ class SlackOptions:
     at start."""
     page_size: int = 10
     """Items per page of a ``/lam`` listing."""
+    concurrency: int = 4
+    """Pieces of handed-off work started at once (``bot.slack._tasks.Background``): few, so
+    that acks, on the same event loop, wait behind few slices of work."""
 
     @property
     def socket_mode(self) -> bool:
@@ -147,6 +152,7 @@ def slack_options(settings: Settings, slack: SlackSettings) -> SlackOptions:
         poll_interval=slack.lam_slack_poll_seconds,
         update_interval=slack.lam_slack_update_seconds,
         lease_ttl=slack.lam_slack_lease_seconds,
+        concurrency=slack.lam_slack_concurrency,
         legacy_state_path=settings.home / "slack-state.json",
         freeze_startup_objects=True,
     )

@@ -29,6 +29,7 @@ from bot.errors import ConfigError
 from bot.models import RequestRecord
 from bot.slack._lease import Lease
 from bot.slack._state import SlackState, migrate
+from bot.slack._tasks import Background
 from bot.slack.app import build_app
 from bot.slack.audit_poster import AuditPoster
 from bot.slack.front import SLACK_FAILURES, SlackFront
@@ -127,6 +128,7 @@ async def open_service(
         options=options,
         state=state,
         directory=Directory(client, refresh=options.groups_refresh),
+        background=Background(options.concurrency),
         bot_user_id=bot_user_id,
         team_id=team_id,
     )
