@@ -46,6 +46,15 @@ log = structlog.get_logger("lam.cli")
 
 AsUser = Annotated[str, typer.Option("--as", help="Who you are, e.g. alice (user:alice).")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+HealthPort = Annotated[
+    int | None,
+    typer.Option(
+        min=0,
+        max=65535,
+        envvar="LAM_HEALTH_PORT",
+        help="Port for /healthz, /readyz and /metrics (lam serve over HTTP: also --port).",
+    ),
+]
 
 
 REDACTOR = Redactor()
@@ -235,15 +244,7 @@ def worker(
     concurrency: Annotated[
         int, typer.Option(min=1, max=64, help="How many jobs this process runs at once.")
     ] = 1,
-    health_port: Annotated[
-        int | None,
-        typer.Option(
-            min=0,
-            max=65535,
-            envvar="LAM_HEALTH_PORT",
-            help="Serve /healthz, /readyz and /metrics on this port; default: none.",
-        ),
-    ] = None,
+    health_port: HealthPort = None,
     host: Annotated[str, typer.Option(help="Interface the health port listens on.")] = "0.0.0.0",  # noqa: S104
 ) -> None:
     """Run approved requests from the Redis job queue until SIGTERM or Ctrl-C.
@@ -358,15 +359,7 @@ def serve(
             min=0, max=65535, help="HTTP port: /slack/events, /healthz, /readyz, /metrics."
         ),
     ] = 3000,
-    health_port: Annotated[
-        int | None,
-        typer.Option(
-            min=0,
-            max=65535,
-            envvar="LAM_HEALTH_PORT",
-            help="Socket Mode: port for /healthz, /readyz, /metrics; default --port.",
-        ),
-    ] = None,
+    health_port: HealthPort = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "0.0.0.0",  # noqa: S104
 ) -> None:
     """Run the Slack front: Socket Mode when SLACK_APP_TOKEN is set, else HTTP on --port.

@@ -21,8 +21,6 @@ from connectors._http_endpoint import (
     Wire,
     check_header,
     check_template,
-    default_idempotent,
-    default_risk,
     header_value,
     path_segment,
 )
@@ -123,15 +121,7 @@ class HttpCall(EndpointSettings):
                 params=self._params_model(name),
                 wires=wires,
                 description=self.description,
-                examples=tuple(self.examples),
-                risk=self.risk or default_risk(self.method),
-                resource=self.resource,
-                idempotent=default_idempotent(self.method)
-                if self.idempotent is None
-                else self.idempotent,
-                timeout=self.timeout or default_timeout,
-                keep=tuple(self.keep),
-                dry_run=self.dry_run,
+                **self.endpoint_fields(self.method, default_timeout),
             )
         except ValueError as error:
             raise ValueError(f"call {name!r}: {error}") from None

@@ -97,6 +97,20 @@ class EndpointSettings(BaseModel):
     """Dotted paths into a JSON response (``*`` maps over a list); the rest is dropped."""
     dry_run: DryRun = None
 
+    def endpoint_fields(self, method: str, default_timeout: float) -> dict[str, Any]:
+        """The ``Endpoint`` fields these settings decide, defaults by method filled in."""
+        return {
+            "examples": tuple(self.examples),
+            "risk": self.risk or default_risk(method),
+            "resource": self.resource,
+            "idempotent": default_idempotent(method)
+            if self.idempotent is None
+            else self.idempotent,
+            "timeout": self.timeout or default_timeout,
+            "keep": tuple(self.keep),
+            "dry_run": self.dry_run,
+        }
+
 
 """``describe``: report the request without sending it; a ``DryRunRequest``: send it with
 the API's own dry-run switch; ``None``: no dry-run mode."""

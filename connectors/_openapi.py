@@ -27,8 +27,6 @@ from connectors._http_endpoint import (
     Method,
     Wire,
     check_header,
-    default_idempotent,
-    default_risk,
     header_value,
     path_segment,
 )
@@ -177,16 +175,8 @@ def endpoint(
             params=params,
             wires=tuple(wires),
             description=description,
-            examples=tuple(settings.examples),
-            risk=settings.risk or default_risk(operation.method),
-            resource=settings.resource,
-            idempotent=default_idempotent(operation.method)
-            if settings.idempotent is None
-            else settings.idempotent,
-            timeout=settings.timeout or default_timeout,
-            keep=tuple(settings.keep),
-            dry_run=settings.dry_run,
             body_required=body_required,
+            **settings.endpoint_fields(operation.method, default_timeout),
         )
     except Exception as error:  # pydantic and schema errors alike get the operation's name
         raise InvalidDocument(f"{where}: {error}") from None
