@@ -66,8 +66,9 @@ from bot.policy import Policy
 from bot.slack.blocks import PAGE
 from bot.slack.commands import page_value
 from bot.slack.options import SlackOptions
-from bot.slack.server import EVENTS_PATH, running
+from bot.slack.server import running
 from bot.slack.service import open_service
+from bot.slack.transport import EVENTS_PATH
 from bot.store.sqlite import SqliteStore
 from connectors import Action, ActionContext, ActionResult, Catalog, Params
 from tests.support.slack import APP_TOKEN, BOT_TOKEN, SIGNING_SECRET, SlackSimulator, serve

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -113,34 +114,51 @@ async def _bounded(check: Check) -> str:
         return f"unreachable: {type(error).__name__}"
 
 
+@dataclass(frozen=True)
+class Answer:
+    """One health endpoint's HTTP answer."""
+
+    status: int
+    content_type: str
+    body: bytes
+
+
+PATHS = ("/healthz", "/readyz", "/metrics")
+
+
+async def answer(health: Health, path: str, outcomes: Mapping[str, str] | None = None) -> Answer:
+    """What ``path`` (one of ``PATHS``) answers; ``outcomes`` are more readiness checks'
+    results, from a process that ran them itself (the Slack ingress)."""
+    if path == "/readyz":
+        readiness = await health.readiness()
+        checks = {**readiness.checks, **(outcomes or {})}
+        ready = all(outcome == OK for outcome in checks.values())
+        body: dict[str, object] = {"status": OK if ready else "unavailable", "checks": checks}
+        if readiness.connectors_failed:
+            body["connectors_failed"] = readiness.connectors_failed
+        return Answer(200 if ready else 503, "application/json", json.dumps(body).encode())
+    if path == "/metrics":
+        await health.sample()
+        return Answer(200, CONTENT_TYPE_LATEST, generate_latest(metrics.REGISTRY))
+    if path == "/healthz":
+        return Answer(200, "application/json", json.dumps({"status": OK}).encode())
+    return Answer(404, "application/json", json.dumps({"error": f"no {path}"}).encode())
+
+
+def response(found: Answer) -> web.Response:
+    reply = web.Response(status=found.status, body=found.body)
+    # aiohttp refuses a content type with parameters in its argument; set it whole.
+    reply.headers["Content-Type"] = found.content_type
+    return reply
+
+
 def health_routes(health: Health) -> list[web.RouteDef]:
     """``/healthz``, ``/readyz`` and ``/metrics``, to add to any aiohttp application."""
 
-    async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"status": OK})
+    async def endpoint(request: web.Request) -> web.Response:
+        return response(await answer(health, request.path))
 
-    async def readyz(request: web.Request) -> web.Response:
-        readiness = await health.readiness()
-        body: dict[str, object] = {
-            "status": OK if readiness.ready else "unavailable",
-            "checks": readiness.checks,
-        }
-        if readiness.connectors_failed:
-            body["connectors_failed"] = readiness.connectors_failed
-        return web.json_response(body, status=200 if readiness.ready else 503)
-
-    async def metrics_page(request: web.Request) -> web.Response:
-        await health.sample()
-        response = web.Response(body=generate_latest(metrics.REGISTRY))
-        # aiohttp refuses a content type with parameters in its argument; set it whole.
-        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
-        return response
-
-    return [
-        web.get("/healthz", healthz),
-        web.get("/readyz", readyz),
-        web.get("/metrics", metrics_page),
-    ]
+    return [web.get(path, endpoint) for path in PATHS]
 
 
 def health_application(health: Health) -> web.Application:

@@ -22,7 +22,6 @@ log = structlog.get_logger("lam.slack")
 
 SLACK_ID = re.compile(r"^[A-Z][A-Z0-9]{1,31}$")
 """Slack team, user, channel and group ids: an upper-case letter, then letters and digits."""
-IDENTITY_KEY = "lam_identity"
 
 
 @dataclass(frozen=True)
@@ -73,11 +72,6 @@ def identify(body: Mapping[str, Any]) -> Identity | None:
     if SLACK_ID.match(user) and SLACK_ID.match(team):
         return Identity(team, user)
     return None
-
-
-def identity_of(context: Mapping[str, Any]) -> Identity | None:
-    found = context.get(IDENTITY_KEY)
-    return found if isinstance(found, Identity) else None
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,11 @@ class SlackSettings(BaseSettings):
     """Least time between two updates of one plan message while its request is moving."""
     lam_slack_concurrency: int = Field(default=4, ge=1, le=1000, alias="LAM_SLACK_CONCURRENCY")
     """Deliveries whose work starts at once; the others wait, already acknowledged."""
+    lam_slack_ingress: Literal["process", "inline"] = Field(
+        default="process", alias="LAM_SLACK_INGRESS"
+    )
+    """``process``: Slack's deliveries are acknowledged by a process of their own
+    (``bot.slack.ingress``), so acks never wait for work; ``inline``: in this one."""
 
 
 def load_slack_settings() -> SlackSettings:
@@ -99,6 +104,13 @@ class SlackOptions:
     concurrency: int = 4
     """Pieces of handed-off work started at once (``bot.slack._tasks.Background``): few, so
     that acks, on the same event loop, wait behind few slices of work."""
+
+    ingress_process: bool = False
+    """Acknowledge Slack's deliveries in a child process (``bot.slack.ingress``) and do
+    their work in this one; ``False``: both here."""
+    log_format: str = "console"
+    log_level: str = "warning"
+    """How the ingress process logs: as this one does."""
 
     @property
     def socket_mode(self) -> bool:
@@ -153,6 +165,9 @@ def slack_options(settings: Settings, slack: SlackSettings) -> SlackOptions:
         update_interval=slack.lam_slack_update_seconds,
         lease_ttl=slack.lam_slack_lease_seconds,
         concurrency=slack.lam_slack_concurrency,
+        ingress_process=slack.lam_slack_ingress == "process",
+        log_format=settings.lam_log_format,
+        log_level=settings.lam_log_level,
         legacy_state_path=settings.home / "slack-state.json",
         freeze_startup_objects=True,
     )

@@ -1,126 +1,35 @@
 """``lam serve``: the Slack front over HTTP or Socket Mode, with health endpoints.
 
-HTTP: ``POST /slack/events`` (events, commands, interactions), checked by LAM's guard
-before bolt, and the endpoints of ``bot.health`` (``/healthz``, ``/readyz``,
-``/metrics``). Socket Mode (``SLACK_APP_TOKEN`` set) needs no inbound port; the health
-endpoints are served on ``--health-port`` (default: ``--port``). Every Web API call
-goes through one aiohttp session.
+HTTP: ``POST /slack/events`` (events, commands, interactions) and the endpoints of
+``bot.health`` (``/healthz``, ``/readyz``, ``/metrics``) on ``--port``. Socket Mode
+(``SLACK_APP_TOKEN`` set) needs no inbound port; the health endpoints are served on
+``--health-port`` (default: ``--port``). Deliveries are taken by the ingress process
+(``bot.slack.ingress``) or, with ``LAM_SLACK_INGRESS=inline``, by this one
+(``bot.slack.transport``); their work is done here. Every Web API call goes through
+one aiohttp session.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 
 import aiohttp
 import structlog
-from aiohttp import web
-from slack_bolt.response import BoltResponse
-from slack_sdk.socket_mode.aiohttp import SocketModeClient
-from slack_sdk.socket_mode.request import SocketModeRequest
-from slack_sdk.socket_mode.response import SocketModeResponse
 
 from bot.audit import Redactor
 from bot.config import Settings
-from bot.health import Check, Health, health_application, health_routes, listening
+from bot.health import Health, health_routes
 from bot.runtime import Shutdown, run_background, worker_names
-from bot.slack._guard import MAX_BODY, RequestGuard
-from bot.slack.app import dispatch
+from bot.slack.ingress import IngressConfig, ingress_process
 from bot.slack.options import SlackOptions, load_slack_settings, slack_options
 from bot.slack.service import SlackService, open_service
+from bot.slack.transport import Listen, SocketConnection, accepting
 from bot.wiring import open_engine
 
 log = structlog.get_logger("lam.slack")
-
-EVENTS_PATH = "/slack/events"
-
-
-def _bolt_to_aiohttp(response: BoltResponse) -> web.Response:
-    content_type = response.headers.get("content-type", ["text/plain"])[0].split(";")[0]
-    return web.Response(status=response.status, body=response.body, content_type=content_type)
-
-
-def slack_health(service: SlackService, stopping: asyncio.Event | None = None) -> Health:
-    """The health endpoints' view of the front: its engine, and in Socket Mode the connection."""
-    checks: dict[str, Check] = {}
-    if service.front.options.socket_mode:
-
-        async def connected() -> str:
-            socket_client = service.socket
-            if socket_client is not None and await socket_client.is_connected():
-                return "ok"
-            return "not connected"
-
-        checks["slack"] = connected
-    return Health(service.front.engine, stopping=stopping, checks=checks)
-
-
-def http_application(
-    service: SlackService, guard: RequestGuard, health: Health | None = None
-) -> web.Application:
-    """``/slack/events`` behind LAM's guard, and the health endpoints."""
-
-    async def events(request: web.Request) -> web.Response:
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return web.json_response({"error": "the request body is too large"}, status=413)
-        verdict = guard.check(request.headers, body)
-        if not verdict.accepted:
-            if verdict.status != 200:
-                log.info("slack.refused", status=verdict.status, reason=verdict.reason)
-            else:
-                log.info("slack.replay_ignored")
-            if verdict.status == 200:
-                return web.Response(status=200, text="")
-            return web.json_response({"error": verdict.reason}, status=verdict.status)
-        response = await dispatch(service.app, verdict.payload, request.headers)
-        return _bolt_to_aiohttp(response)
-
-    application = web.Application(client_max_size=MAX_BODY)
-    application.add_routes(
-        [web.post(EVENTS_PATH, events), *health_routes(health or slack_health(service))]
-    )
-    return application
-
-
-@contextlib.asynccontextmanager
-async def socket_mode(service: SlackService, app_token: str) -> AsyncIterator[SocketModeClient]:
-    """Connect to Slack over Socket Mode; every envelope is acked, whatever bolt answers.
-
-    Bolt sends no ack for a non-200 answer, and Slack then delivers the envelope again
-    and again; a payload LAM refuses is acked (empty) so that it is not.
-    """
-    client = SocketModeClient(app_token=app_token, web_client=service.front.client)
-
-    async def handle(socket_client: SocketModeClient, request: SocketModeRequest) -> None:
-        headers = {}
-        if request.retry_attempt is not None:
-            headers["X-Slack-Retry-Num"] = str(request.retry_attempt)
-        response = await dispatch(service.app, request.payload, headers)
-        payload = None
-        if response.status == 200 and response.body:
-            try:
-                parsed = json.loads(response.body)
-                payload = parsed if isinstance(parsed, dict) else {"text": response.body}
-            except ValueError:
-                payload = {"text": response.body}
-        elif response.status != 200:
-            log.info("slack.envelope_refused", status=response.status, body=response.body[:200])
-        await socket_client.send_socket_mode_response(
-            SocketModeResponse(envelope_id=request.envelope_id, payload=payload)
-        )
-
-    client.socket_mode_request_listeners.append(handle)  # type: ignore[arg-type]  # slack_sdk types listeners as sync callables or async ones loosely
-    await client.connect()  # type: ignore[no-untyped-call]  # slack_sdk leaves it unannotated
-    service.socket = client
-    try:
-        yield client
-    finally:
-        service.socket = None
-        await client.close()  # type: ignore[no-untyped-call]  # slack_sdk leaves it unannotated
 
 
 @contextlib.asynccontextmanager
@@ -132,26 +41,38 @@ async def running(
     port: int,
     health_port: int | None,
     health: Health | None = None,
+    ingress_lost: Callable[[str], None] | None = None,
 ) -> AsyncIterator[str]:
-    """The front listening: HTTP on ``port``, or Socket Mode with health on ``health_port``.
+    """The front taking deliveries, in this process or in the ingress process
+    (``options.ingress_process``); yields the base URL of the HTTP server (events and
+    health, or health alone in Socket Mode).
 
-    Yields the base URL of the HTTP server (events and health, or health alone). Leaving
-    the block stops Slack's deliveries first: the Socket Mode connection closes, or the
-    HTTP server stops accepting connections.
+    ``ingress_lost`` is called when the ingress process ends on its own.
     """
-    health = health or slack_health(service)
-    if options.app_token is not None:
-        port = port if health_port is None else health_port
-        # Health answers first, so an orchestrator can watch the connection come up.
-        async with (
-            listening(health_application(health), host, port) as url,
-            socket_mode(service, options.app_token),
-        ):
-            yield url
+    health = health or Health(service.front.engine)
+    listen = Listen(options.signing_secret, options.app_token, host, port, health_port)
+    if options.ingress_process:
+        config = IngressConfig(
+            listen=listen,
+            bot=service.bot,
+            bot_token=options.bot_token,
+            api_url=options.api_url,
+            log_format=options.log_format,
+            log_level=options.log_level,
+        )
+        async with ingress_process(service.front, health, config, lost=ingress_lost) as ingress:
+            service.ingress = ingress
+            try:
+                yield ingress.url
+            finally:
+                service.ingress = None
         return
-    assert options.signing_secret is not None  # slack_options requires it without an app token
-    guard = RequestGuard(options.signing_secret)
-    async with listening(http_application(service, guard, health), host, port) as url:
+    connection = SocketConnection()
+    if options.socket_mode:
+        health = replace(health, checks={**health.checks, "slack": connection.check})
+    async with accepting(
+        service.app, service.front.client, listen, health_routes(health), connection
+    ) as url:
         yield url
 
 
@@ -213,9 +134,15 @@ async def _serve_until_stopped(
     )
     try:
         options = service.front.options
-        health = slack_health(service, shutdown.stop)
+        health = Health(engine, stopping=shutdown.stop)
         async with running(
-            service, options, host=host, port=port, health_port=health_port, health=health
+            service,
+            options,
+            host=host,
+            port=port,
+            health_port=health_port,
+            health=health,
+            ingress_lost=shutdown.begin,
         ) as url:
             log.warning("slack.serving", mode="socket" if options.socket_mode else "http", url=url)
             await shutdown.stop.wait()

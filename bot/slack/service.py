@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
 import structlog
@@ -21,7 +23,6 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
 )
-from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.engine import Engine
@@ -30,12 +31,18 @@ from bot.models import RequestRecord
 from bot.slack._lease import Lease
 from bot.slack._state import SlackState, migrate
 from bot.slack._tasks import Background
-from bot.slack.app import build_app
+from bot.slack.app import Bot, build_app
 from bot.slack.audit_poster import AuditPoster
 from bot.slack.front import SLACK_FAILURES, SlackFront
 from bot.slack.identity import Directory
 from bot.slack.options import SlackOptions
 from bot.slack.progress import Progress
+from bot.slack.work import receive
+
+if TYPE_CHECKING:
+    # The ingress process runs ``bot.slack.ingress`` as ``__main__``: the package it is in
+    # must not have imported it already.
+    from bot.slack.ingress import Ingress
 
 log = structlog.get_logger("lam.slack")
 
@@ -44,12 +51,13 @@ log = structlog.get_logger("lam.slack")
 class SlackService:
     front: SlackFront
     app: AsyncApp
+    bot: Bot
     progress: Progress
     poster: AuditPoster | None
     lease: Lease
     """Whether this replica does the follow-up work (progress, the audit channel)."""
-    socket: SocketModeClient | None = None
-    """The Socket Mode connection, while there is one."""
+    ingress: Ingress | None = None
+    """The ingress process taking Slack's deliveries, while there is one."""
 
     def observe(self, record: RequestRecord) -> None:
         """The engine's change hook: show a stored change now, not at the next poll.
@@ -63,7 +71,9 @@ class SlackService:
             self.poster.wake()
 
     async def idle(self) -> None:
-        """Return once every piece of work handed off by a listener has finished."""
+        """Return once the work of every delivery acknowledged so far has finished."""
+        if self.ingress is not None:
+            await self.ingress.sync()
         await self.front.background.idle()
 
 
@@ -80,8 +90,8 @@ def web_client(
     )
 
 
-async def check_slack(client: AsyncWebClient, options: SlackOptions) -> tuple[str, str]:
-    """``(team_id, bot_user_id)`` from ``auth.test``; ``ConfigError`` naming what Slack refused."""
+async def check_slack(client: AsyncWebClient, options: SlackOptions) -> Bot:
+    """Who LAM is in Slack, from ``auth.test``; ``ConfigError`` naming what Slack refused."""
     try:
         answer = await client.auth_test()
     except SlackApiError as error:
@@ -93,9 +103,10 @@ async def check_slack(client: AsyncWebClient, options: SlackOptions) -> tuple[st
         raise ConfigError(
             f"SLACK_API_URL: cannot reach Slack at {options.api_url!r}: {error}"
         ) from None
-    team_id, user_id = answer.get("team_id"), answer.get("user_id")
+    team_id, user_id, bot_id = answer.get("team_id"), answer.get("user_id"), answer.get("bot_id")
     if not isinstance(team_id, str) or not isinstance(user_id, str):
         raise ConfigError("SLACK_BOT_TOKEN: auth.test named no team or bot user")
+    bot = Bot(team_id=team_id, user_id=user_id, bot_id=bot_id if isinstance(bot_id, str) else None)
     if options.audit_channel is not None:
         try:
             info = await client.conversations_info(channel=options.audit_channel)
@@ -107,7 +118,7 @@ async def check_slack(client: AsyncWebClient, options: SlackOptions) -> tuple[st
         channel = info.get("channel")
         if isinstance(channel, dict) and channel.get("is_archived"):
             raise ConfigError(f"LAM_AUDIT_CHANNEL: {options.audit_channel!r} is archived")
-    return team_id, user_id
+    return bot
 
 
 @contextlib.asynccontextmanager
@@ -116,8 +127,8 @@ async def open_service(
 ) -> AsyncIterator[SlackService]:
     """Check the token with Slack, build the front and its app, run progress and the poster."""
     client = web_client(options, session)
-    team_id, bot_user_id = await check_slack(client, options)
-    state = SlackState(engine.store, team_id)
+    bot = await check_slack(client, options)
+    state = SlackState(engine.store, bot.team_id)
     if options.legacy_state_path is not None:
         await migrate(options.legacy_state_path, state, options.audit_channel)
     lease = Lease(engine.store, ttl=options.lease_ttl)
@@ -129,8 +140,8 @@ async def open_service(
         state=state,
         directory=Directory(client, refresh=options.groups_refresh),
         background=Background(options.concurrency),
-        bot_user_id=bot_user_id,
-        team_id=team_id,
+        bot_user_id=bot.user_id,
+        team_id=bot.team_id,
     )
     progress = Progress(
         front, lease, poll_interval=options.poll_interval, update_interval=options.update_interval
@@ -146,7 +157,8 @@ async def open_service(
             options.audit_channel,
             poll_interval=options.poll_interval,
         )
-    service = SlackService(front, build_app(front), progress, poster, lease)
+    app = build_app(client, bot, functools.partial(receive, front))
+    service = SlackService(front, app, bot, progress, poster, lease)
     engine.observers.append(service.observe)
     stop = asyncio.Event()
     # A lone replica, or one whose predecessor let go, follows up from the start.

@@ -16,8 +16,9 @@ from pydantic import BaseModel
 
 from bot.engine import Engine
 from bot.slack.options import SlackOptions
-from bot.slack.server import EVENTS_PATH, running
+from bot.slack.server import running
 from bot.slack.service import SlackService, open_service
+from bot.slack.transport import EVENTS_PATH
 from connectors import Action, ActionContext, ActionResult
 from tests.conftest import EngineFactory, write_policy
 from tests.support.actions import ScriptedConnector, ServiceParams
@@ -216,10 +217,17 @@ async def start_lam(
         yield start
 
 
+@pytest.fixture(params=["inline", "ingress"])
+def ingress_process(request: pytest.FixtureRequest) -> bool:
+    """Whether deliveries are acknowledged in the ingress process (``lam serve``'s default)."""
+    return bool(request.param == "ingress")
+
+
 @pytest.fixture
-async def lam(start_lam: StartLam, transport: Transport) -> Lam:
-    """LAM's front over each transport in turn."""
-    started: Lam = await start_lam(transport)
+async def lam(start_lam: StartLam, transport: Transport, ingress_process: bool) -> Lam:
+    """LAM's front over each transport in turn, taking deliveries in this process and in
+    the ingress process."""
+    started: Lam = await start_lam(transport, ingress_process=ingress_process)
     return started
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from bot.slack.server import EVENTS_PATH
+from bot.slack.transport import EVENTS_PATH
 
 MANIFEST = Path(__file__).resolve().parents[2] / "slack" / "manifest.yaml"
 SCOPES = {

@@ -27,8 +27,9 @@ from bot.audit import Redactor
 from bot.config import Settings
 from bot.engine import Engine
 from bot.slack.options import load_slack_settings, slack_options
-from bot.slack.server import EVENTS_PATH, running
+from bot.slack.server import running
 from bot.slack.service import open_service
+from bot.slack.transport import EVENTS_PATH
 from bot.wiring import open_engine
 from tests.slack.conftest import subject, texts
 from tests.support.http_service import HttpService, serving

@@ -12,7 +12,8 @@ import aiohttp
 import pytest
 
 from bot.config import Settings
-from bot.slack.server import EVENTS_PATH, serve
+from bot.slack.server import serve
+from bot.slack.transport import EVENTS_PATH
 from bot.store.sqlite import SqliteStore
 from tests.slack.conftest import texts
 from tests.support.slack import SIGNING_SECRET, SlackSimulator
