@@ -2,7 +2,9 @@
 
 Slack (the local simulator and its senders) runs in this process; each app under test runs
 in a child process of its own, as it would in production, so that the simulator's work is
-not charged to the app. Three kinds of delivery, over HTTP (signed, to ``/slack/events``)
+not charged to the app. With two CPUs or more, each app runs on one CPU of its own
+(``APP_CPU``) and Slack on the others: every app gets the same CPU, and Slack's load does
+not compete with it. Three kinds of delivery, over HTTP (signed, to ``/slack/events``)
 and over Socket Mode (envelopes on a WebSocket), from 1 and from 50 concurrent senders:
 
 - ``command``: ``/lam help``; LAM answers through the ``response_url``;
@@ -15,16 +17,17 @@ The time measured is Slack's: from sending the delivery to reading the HTTP resp
 receiving the Socket Mode ack. The baseline, measured in the same run, is a bolt
 ``AsyncApp`` with a listener per kind that only calls ``ack()`` (bolt acks events itself,
 at once; for commands and actions its runner polls for the ack every 10 ms, which LAM
-avoids). ``LAM`` is the whole front; ``LAM-ack``, a diagnosis, is the same front with the
-work its listeners hand off dropped, so that only its ack path runs (signature and replay
-guard, payload check, bolt with LAM's middleware and listeners).
+avoids). ``LAM`` is the whole front as ``lam serve`` runs it: deliveries acknowledged by
+its ingress process, their work done by the main one (``bot.slack.ingress``);
+``LAM-inline`` is the same front in one process (``LAM_SLACK_INGRESS=inline``), where
+acks share the event loop with the work. LAM's work runs ``LAM_SLACK_WORK_NICE`` below
+its ingress, as ``lam serve`` runs it, on the same CPU.
 
-For ``LAM`` a second table shows when the answer reached Slack ("answered": the
-response_url post, or the plan message in the thread) and, for each app, its process's
-CPU time per delivery. With no pause between a sender's deliveries the app never waits
-for work, so at 50 senders (and for mentions even at one) it is saturated: each ack then
-waits behind the CPU the other deliveries' work takes, and the ack ratios measure how
-much work LAM does per delivery, which a bare app does not do at all.
+A second table shows when LAM's answer reached Slack ("answered": the response_url
+post, or the plan message in the thread) and each app's CPU time per delivery (all its
+processes). With no pause between a sender's deliveries the app never waits for work,
+so at 50 senders (and for mentions even at one) its work is saturated: inline, each ack
+then waits behind the CPU the other deliveries' work takes.
 
     python -m bench.slack_ingress [--requests 300] [--rounds 3] [--concurrency N]
 
@@ -44,7 +47,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -65,7 +68,7 @@ from bot.planning.aliases import AliasPlanner
 from bot.policy import Policy
 from bot.slack.blocks import PAGE
 from bot.slack.commands import page_value
-from bot.slack.options import SlackOptions
+from bot.slack.options import SlackOptions, SlackSettings
 from bot.slack.server import running
 from bot.slack.service import open_service
 from bot.slack.transport import EVENTS_PATH
@@ -76,13 +79,20 @@ from tests.support.slack import APP_TOKEN, BOT_TOKEN, SIGNING_SECRET, SlackSimul
 REPO = Path(__file__).resolve().parent.parent
 POLICY = "g, user:T0LAMTEST/U0ALICE, role:bench, *\np, role:bench, *, bench.noop, *, run, allow\n"
 WARM_UP = 20
+WORK_NICE = SlackSettings.model_fields["lam_slack_work_nice"].default
+"""``lam serve``'s default: LAM's work runs below its ingress's CPU priority."""
+CPUS = sorted(os.sched_getaffinity(0))
+APP_CPU = CPUS[-1] if len(CPUS) > 1 else None
+"""The CPU each app under test (all its processes) runs on; Slack (the simulator and its
+senders) runs on the others. Each app gets the same one CPU, and Slack's work is not
+charged to it, as in production, where Slack is elsewhere."""
 ANSWER_TIMEOUT = 120.0
 """Seconds LAM has to answer every delivery of one measurement."""
 
-App = Literal["bolt", "LAM-ack", "LAM"]
+App = Literal["bolt", "LAM", "LAM-inline"]
 Kind = Literal["command", "mention", "click"]
 Transport = Literal["http", "socket"]
-APPS: tuple[App, ...] = ("bolt", "LAM-ack", "LAM")
+APPS: tuple[App, ...] = ("bolt", "LAM", "LAM-inline")
 KINDS: tuple[Kind, ...] = ("command", "mention", "click")
 TRANSPORTS: tuple[Transport, ...] = ("http", "socket")
 SENDERS = (1, 50)
@@ -102,13 +112,10 @@ async def noop(params: BaseModel, ctx: ActionContext) -> ActionResult:
 
 @asynccontextmanager
 async def lam_app(
-    transport: Transport, api_url: str, home: Path, *, work: bool = True, concurrency: int | None
+    transport: Transport, api_url: str, home: Path, *, ingress: bool, concurrency: int | None
 ) -> AsyncIterator[str]:
-    """LAM's whole front on a SQLite store in ``home``; yields its base URL.
-
-    Without ``work`` (``LAM-ack``, a diagnosis) the work listeners hand off is dropped,
-    so only LAM's ack path runs: its guard, payload check, bolt and middleware.
-    """
+    """LAM's whole front on a SQLite store in ``home``, taking deliveries in its ingress
+    process or in its own; yields its base URL."""
     policy_dir = home / "policies"
     policy_dir.mkdir(parents=True, exist_ok=True)
     (policy_dir / "model.conf").write_text((REPO / "policies" / "model.conf").read_text())
@@ -127,6 +134,9 @@ async def lam_app(
         app_token=APP_TOKEN if transport == "socket" else None,
         api_url=api_url,
         freeze_startup_objects=True,
+        ingress_process=ingress,
+        work_nice=WORK_NICE if ingress else 0,
+        log_level="error",
     )
     if concurrency is not None:
         options = replace(options, concurrency=concurrency)
@@ -136,15 +146,9 @@ async def lam_app(
             open_service(engine, options, session) as service,
             running(service, options, host="127.0.0.1", port=0, health_port=None) as url,
         ):
-            if not work:
-                service.front.background.spawn = _drop  # type: ignore[method-assign]
             yield url
     finally:
         await store.aclose()
-
-
-def _drop(work: Coroutine[Any, Any, None], *, name: str) -> None:
-    work.close()
 
 
 @asynccontextmanager
@@ -180,13 +184,15 @@ async def serve_app(
     app: App, transport: Transport, api_url: str, home: Path, concurrency: int | None
 ) -> None:
     """The child: serve until SIGTERM, after printing ``ready URL`` on stdout."""
+    if APP_CPU is not None:
+        os.sched_setaffinity(0, {APP_CPU})
     configure_logging(log_format="console", level="error", redactor=Redactor())
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     if app == "bolt":
         serving = bolt_app(transport, api_url, home)
     else:
-        serving = lam_app(transport, api_url, home, work=app == "LAM", concurrency=concurrency)
+        serving = lam_app(transport, api_url, home, ingress=app == "LAM", concurrency=concurrency)
     async with serving as url:
         print(f"ready {url or '-'}", flush=True)
         await stop.wait()
@@ -203,9 +209,24 @@ class Child:
     url: str
 
     def cpu_seconds(self) -> float:
-        """User and system CPU time the process has used so far (Linux ``/proc``)."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User and system CPU time the app's processes (its ingress included) have used so
+        far (Linux ``/proc``)."""
+        return sum(_cpu_seconds(pid) for pid in _tree(self.process.pid))
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        for child_pid in children:
+            found += _tree(int(child_pid))
+    return found
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @asynccontextmanager
@@ -332,7 +353,7 @@ async def measure(
 
     await asyncio.gather(*(one_sender(count) for count in share))
     answers: list[float] = []
-    if name == "LAM":
+    if name != "bolt":
         at = await sim.wait_for(
             lambda: answered_at(sim, kind, set(sent)),
             what="LAM's answers",
@@ -378,14 +399,14 @@ def report(found: Results, requests: int, rounds: int, concurrency: int) -> None
     )
     print(
         f"{'kind':<8}{'transport':<10}{'senders':>7}{'bolt p50':>10}{'p99':>7}"
-        f"{'LAM-ack p50':>13}{'p99':>7}{'ratios':>12}{'LAM p50':>9}{'p99':>7}{'ratios':>12}"
+        f"{'LAM p50':>9}{'p99':>7}{'ratios':>12}{'inline p50':>12}{'p99':>7}{'ratios':>12}"
     )
     rows = [(k, t, n) for k in KINDS for t in TRANSPORTS for n in SENDERS]
     for kind, transport, senders in rows:
         runs = {app: found[kind, transport, senders, app] for app in APPS}
         bolt = (p(runs["bolt"], 0.5), p(runs["bolt"], 0.99))
         line = f"{kind:<8}{transport:<10}{senders:>7}{bolt[0]:>10.2f}{bolt[1]:>7.2f}"
-        columns: tuple[tuple[App, int], ...] = (("LAM-ack", 13), ("LAM", 9))
+        columns: tuple[tuple[App, int], ...] = (("LAM", 9), ("LAM-inline", 12))
         for app, width in columns:
             mine = (p(runs[app], 0.5), p(runs[app], 0.99))
             ratios = f"{mine[0] / bolt[0]:.2f}/{mine[1] / bolt[1]:.2f}"
@@ -395,7 +416,7 @@ def report(found: Results, requests: int, rounds: int, concurrency: int) -> None
     print("LAM's work: answer reaching Slack (ms) and app CPU per delivery (µs), ack and work")
     print(
         f"{'kind':<8}{'transport':<10}{'senders':>7}{'answered p50':>14}{'p99':>8}"
-        f"{'CPU bolt':>10}{'LAM-ack':>9}{'LAM':>7}"
+        f"{'inline p50':>12}{'p99':>8}{'CPU bolt':>10}{'LAM':>7}{'inline':>8}"
     )
     for kind, transport, senders in rows:
         runs = {app: found[kind, transport, senders, app] for app in APPS}
@@ -403,11 +424,14 @@ def report(found: Results, requests: int, rounds: int, concurrency: int) -> None
         print(
             f"{kind:<8}{transport:<10}{senders:>7}"
             f"{p(runs['LAM'], 0.5, True):>14.2f}{p(runs['LAM'], 0.99, True):>8.2f}"
-            f"{cpu['bolt']:>10.0f}{cpu['LAM-ack']:>9.0f}{cpu['LAM']:>7.0f}"
+            f"{p(runs['LAM-inline'], 0.5, True):>12.2f}{p(runs['LAM-inline'], 0.99, True):>8.2f}"
+            f"{cpu['bolt']:>10.0f}{cpu['LAM']:>7.0f}{cpu['LAM-inline']:>8.0f}"
         )
 
 
 async def main(requests: int, rounds: int, concurrency: int | None) -> None:
+    if APP_CPU is not None:
+        os.sched_setaffinity(0, os.sched_getaffinity(0) - {APP_CPU})
     configure_logging(log_format="console", level="error", redactor=Redactor())
     found: Results = {}
     with tempfile.TemporaryDirectory() as temporary:

@@ -32,11 +32,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import json
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -90,13 +93,16 @@ async def ingress_process(
     config: IngressConfig,
     *,
     lost: Callable[[str], None] | None = None,
+    work_nice: int = 0,
 ) -> AsyncIterator[Ingress]:
     """Start the ingress process and do the work it hands over.
 
     Raises ``ConfigError`` when it cannot start (a port in use, Slack refusing the app
     token). Leaving the block stops it taking deliveries, and returns once every
     delivery it acknowledged has been received. ``lost`` is called (with why) if it ends
-    on its own before then.
+    on its own before then. Once it runs, this process lowers its CPU priority by
+    ``work_nice``: on a busy CPU (a pod's one core) the ingress's acks then come before
+    this process's work, instead of taking turns with it.
     """
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -113,6 +119,8 @@ async def ingress_process(
     try:
         await ingress.started()
         ingress.lost = lost
+        if work_nice:
+            lower_priority(work_nice)
         yield ingress
     finally:
         ingress.stopping = True
@@ -122,6 +130,20 @@ async def ingress_process(
         # pipe's end is the last delivery.
         await reading
         await process.wait()
+
+
+def lower_priority(by: int) -> None:
+    """Lower the CPU priority (raise ``nice``) of every thread of this process by ``by``;
+    threads started later inherit it. (Linux keeps a priority per thread: ``os.nice``
+    alone would leave the threads already running, the store's among them, as they were.)
+    """
+    tasks = Path("/proc/self/task")
+    threads = [int(tid.name) for tid in tasks.iterdir()] if tasks.is_dir() else [0]
+    for thread in threads:
+        with contextlib.suppress(OSError):  # A thread that has ended since.
+            current = os.getpriority(os.PRIO_PROCESS, thread)
+            os.setpriority(os.PRIO_PROCESS, thread, min(19, current + by))
+    log.info("slack.work_priority_lowered", by=by)
 
 
 class Ingress:
@@ -141,6 +163,8 @@ class Ingress:
         """The base URL of the child's HTTP server (events and health, or health alone)."""
         self.stopping = False
         self.lost: Callable[[str], None] | None = None
+        self._ended = False
+        """Whether the pipe from the child has ended: nothing more will arrive."""
 
     @property
     def pid(self) -> int:
@@ -159,6 +183,8 @@ class Ingress:
     async def sync(self) -> None:
         """Return once every delivery the child acknowledged before now has been received
         (its work handed to ``front.background``); at once if the child has ended."""
+        if self._ended:
+            return
         number = next(self._syncs)
         synced: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._synced[number] = synced
@@ -186,6 +212,7 @@ class Ingress:
                 continue
             if isinstance(message, dict):
                 self._take(message)
+        self._ended = True
         await asyncio.gather(*self._answering)
         for synced in self._synced.values():
             if not synced.done():
@@ -208,9 +235,13 @@ class Ingress:
             if (synced := self._synced.get(number)) is not None and not synced.done():
                 synced.set_result(None)
         elif isinstance(url := message.get("listening"), str):
-            self._listening.set_result(url)
+            if not self._listening.done():
+                self._listening.set_result(url)
         elif isinstance(failed := message.get("failed"), str):
-            self._listening.set_exception(ConfigError(failed))
+            if self._listening.done():
+                log.error("slack.ingress_failed", error=failed)
+            else:
+                self._listening.set_exception(ConfigError(failed))
         elif isinstance(number := message.get("ask"), int):
             path, checks = message.get("path"), message.get("checks")
             task = asyncio.create_task(
@@ -297,9 +328,9 @@ def health_routes(parent: _Parent, connection: SocketConnection | None) -> list[
     async def endpoint(request: web.Request) -> web.Response:
         if request.path == "/healthz":
             return web.json_response({"status": "ok"})
-        checks = {"slack": await connection.check()} if connection is not None else {}
-        if request.path != "/readyz":
-            checks = {}
+        checks = {}
+        if request.path == "/readyz" and connection is not None:
+            checks["slack"] = await connection.check()
         return response(await parent.ask(request.path, checks))
 
     return [web.get(path, endpoint) for path in PATHS]
@@ -319,7 +350,10 @@ async def _run() -> None:
     try:
         config = IngressConfig.model_validate_json(await reader.readline())
     except ValidationError as error:
-        parent.send({"failed": f"the Slack ingress process got no valid configuration: {error}"})
+        # Named by place only: the configuration holds secrets, and pydantic's message
+        # would quote them.
+        where = ", ".join(".".join(map(str, e["loc"])) or "(all)" for e in error.errors())
+        parent.send({"failed": f"the Slack ingress process got a bad configuration: {where}"})
         await parent.close()
         return
     configure_logging(
@@ -344,6 +378,10 @@ async def _run() -> None:
                 token=config.bot_token, base_url=config.api_url, session=session
             )
             app = build_app(client, config.bot, parent.hand_off)
+            # What exists now lives as long as the process: out of the collector's view,
+            # a full collection does not pause acks walking it (as ``lam serve`` does).
+            gc.collect()
+            gc.freeze()
             async with accepting(
                 app,
                 client,

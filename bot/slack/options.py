@@ -60,6 +60,8 @@ class SlackSettings(BaseSettings):
     )
     """``process``: Slack's deliveries are acknowledged by a process of their own
     (``bot.slack.ingress``), so acks never wait for work; ``inline``: in this one."""
+    lam_slack_work_nice: int = Field(default=10, ge=0, le=19, alias="LAM_SLACK_WORK_NICE")
+    """How much lower the work's CPU priority is than the ingress process's."""
 
 
 def load_slack_settings() -> SlackSettings:
@@ -108,6 +110,9 @@ class SlackOptions:
     ingress_process: bool = False
     """Acknowledge Slack's deliveries in a child process (``bot.slack.ingress``) and do
     their work in this one; ``False``: both here."""
+    work_nice: int = 0
+    """With the ingress process: how much this process lowers its CPU priority
+    (``nice``) once the ingress runs, so that on a busy CPU acks come before work."""
     log_format: str = "console"
     log_level: str = "warning"
     """How the ingress process logs: as this one does."""
@@ -166,6 +171,7 @@ def slack_options(settings: Settings, slack: SlackSettings) -> SlackOptions:
         lease_ttl=slack.lam_slack_lease_seconds,
         concurrency=slack.lam_slack_concurrency,
         ingress_process=slack.lam_slack_ingress == "process",
+        work_nice=slack.lam_slack_work_nice,
         log_format=settings.lam_log_format,
         log_level=settings.lam_log_level,
         legacy_state_path=settings.home / "slack-state.json",

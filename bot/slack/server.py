@@ -21,6 +21,7 @@ import structlog
 
 from bot.audit import Redactor
 from bot.config import Settings
+from bot.errors import LamError
 from bot.health import Health, health_routes
 from bot.runtime import Shutdown, run_background, worker_names
 from bot.slack.ingress import IngressConfig, ingress_process
@@ -60,7 +61,9 @@ async def running(
             log_format=options.log_format,
             log_level=options.log_level,
         )
-        async with ingress_process(service.front, health, config, lost=ingress_lost) as ingress:
+        async with ingress_process(
+            service.front, health, config, lost=ingress_lost, work_nice=options.work_nice
+        ) as ingress:
             service.ingress = ingress
             try:
                 yield ingress.url
@@ -90,7 +93,8 @@ async def serve(
     missing or refused. Stopping (see ``bot.runtime``): Slack's deliveries stop first;
     then the work in progress (in-process workers, and what listeners handed off) has
     the grace period to finish; then the audit channel is brought up to date; then the
-    store closes.
+    store closes. When the ingress process ends on its own, the same stop follows, and
+    then ``LamError`` says so (``lam serve`` exits 1).
     """
     options = slack_options(settings, load_slack_settings())
     shutdown = Shutdown(settings.lam_shutdown_grace_seconds)
@@ -99,7 +103,9 @@ async def serve(
         with shutdown.on_signals():
             async with aiohttp.ClientSession() as session:
                 async with open_service(engine, options, session) as service:
-                    await _serve_until_stopped(service, settings, shutdown, host, port, health_port)
+                    unbidden = await _serve_until_stopped(
+                        service, settings, shutdown, host, port, health_port
+                    )
                 if service.poster is not None:
                     # The poster's own loop has stopped: what it had not posted yet goes
                     # out now, once and in order. Cut short, it is posted by the next
@@ -108,6 +114,8 @@ async def serve(
     finally:
         await engine.aclose()
     log.warning("shutdown.finished")
+    if unbidden is not None:
+        raise LamError(unbidden)
 
 
 async def _serve_until_stopped(
@@ -117,8 +125,17 @@ async def _serve_until_stopped(
     host: str,
     port: int,
     health_port: int | None,
-) -> None:
-    """Serve Slack until ``shutdown.stop``, then let the work in progress finish."""
+) -> str | None:
+    """Serve Slack until ``shutdown.stop``, then let the work in progress finish.
+
+    Returns why it stopped when nobody asked it to (the ingress process ended).
+    """
+    unbidden: list[str] = []
+
+    def ingress_lost(why: str) -> None:
+        unbidden.append(why)
+        shutdown.begin(why)
+
     engine = service.front.engine
     # Policy reloads, and with Redis the in-process workers (LAM_SERVE_WORKERS).
     background = asyncio.create_task(
@@ -142,7 +159,7 @@ async def _serve_until_stopped(
             port=port,
             health_port=health_port,
             health=health,
-            ingress_lost=shutdown.begin,
+            ingress_lost=ingress_lost,
         ) as url:
             log.warning("slack.serving", mode="socket" if options.socket_mode else "http", url=url)
             await shutdown.stop.wait()
@@ -154,3 +171,4 @@ async def _serve_until_stopped(
         raise
     finally:
         await background
+    return unbidden[0] if unbidden else None

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import threading
 import urllib.request
 from collections.abc import AsyncIterator
@@ -18,7 +19,7 @@ import aiohttp
 import pytest
 
 from bot.errors import ConfigError
-from bot.slack.options import SlackOptions
+from bot.slack.options import SlackOptions, load_slack_settings
 from bot.slack.server import running
 from bot.slack.service import SlackService, open_service
 from bot.slack.transport import EVENTS_PATH
@@ -184,3 +185,31 @@ async def test_a_refused_app_token_stops_start_up_naming_it(
                 service, service.front.options, host="127.0.0.1", port=0, health_port=None
             ):
                 pass
+
+
+def test_the_ingress_is_a_setting_checked_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LAM_SLACK_INGRESS is ``process`` unset, ``inline`` folds it in, anything else stops
+    start-up naming the setting."""
+    monkeypatch.delenv("LAM_SLACK_INGRESS", raising=False)
+    assert load_slack_settings().lam_slack_ingress == "process"
+    monkeypatch.setenv("LAM_SLACK_INGRESS", "inline")
+    assert load_slack_settings().lam_slack_ingress == "inline"
+    monkeypatch.setenv("LAM_SLACK_INGRESS", "thread")
+    with pytest.raises(ConfigError, match="LAM_SLACK_INGRESS"):
+        load_slack_settings()
+
+
+async def test_a_bad_configuration_is_refused_without_quoting_it() -> None:
+    """The child names the fields of a bad configuration, never their values (secrets)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot.slack.ingress",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    said, _ = await process.communicate(b'{"bot_token": "xoxb-planted-secret-1234"}\n')
+    assert process.returncode == 0
+    failed = json.loads(said)["failed"]
+    assert failed.startswith("the Slack ingress process got a bad configuration: listen")
+    assert "xoxb-planted" not in failed

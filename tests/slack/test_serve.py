@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 from pathlib import Path
@@ -47,6 +48,8 @@ async def test_serve_in_socket_mode(
         "SLACK_API_URL": sim.api_url,
         "LAM_AUDIT_CHANNEL": "C0AUDIT",
         "LAM_SLACK_POLL_SECONDS": "0.02",
+        # serve() runs in the test process here: its priority stays as it is.
+        "LAM_SLACK_WORK_NICE": "0",
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -72,8 +75,31 @@ async def test_serve_in_socket_mode(
     assert not (tmp_path / "home" / "slack-state.json").exists()
 
 
+def threads(pid: int) -> list[int]:
+    return [int(task.name) for task in Path(f"/proc/{pid}/task").iterdir()]
+
+
+def children(pid: int) -> list[int]:
+    return [
+        int(child)
+        for thread in threads(pid)
+        for child in Path(f"/proc/{pid}/task/{thread}/children").read_text().split()
+    ]
+
+
+def alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+def niceness(pid: int, thread: int | None = None) -> int:
+    """The nice value of a process (or one of its threads), from ``/proc``."""
+    stat = Path(f"/proc/{pid}" + (f"/task/{thread}" if thread else "") + "/stat").read_text()
+    return int(stat.rpartition(")")[2].split()[16])
+
+
 async def test_lam_serve_over_http(sim: SlackSimulator, policy_dir: Path, tmp_path: Path) -> None:
-    """``lam serve`` over HTTP plans a signed mention in its thread, and exits 0 on SIGTERM."""
+    """``lam serve`` over HTTP plans a signed mention in its thread, runs its work below its
+    ingress's CPU priority, and exits 0 on SIGTERM, its ingress gone too."""
     home = tmp_path / "home"
     env = {
         "LAM_HOME": str(home),
@@ -99,9 +125,38 @@ async def test_lam_serve_over_http(sim: SlackSimulator, policy_dir: Path, tmp_pa
                 c.args.get("ts") == plan.response["ts"] and "could not be planned" in texts(c)
             ),
         )
+        # The work runs at a lower CPU priority than the ingress that acks, every thread.
+        [ingress] = children(lam.process.pid)
+        ours = os.getpriority(os.PRIO_PROCESS, 0)
+        assert niceness(ingress) == ours
+        work = {niceness(lam.process.pid, thread) for thread in threads(lam.process.pid)}
+        assert work == {min(19, ours + 10)}
         lam.process.send_signal(signal.SIGTERM)
         assert await lam.process.wait() == 0
         await lam.wait_for_log("shutdown.finished")
+        assert not alive(ingress)
     # Stopping brought the audit channel up to date, and said where it got to.
     head, position = await audit_caught_up(home)
     assert head > 0 and position == str(head)
+
+
+async def test_lam_serve_exits_1_when_its_ingress_dies(
+    sim: SlackSimulator, policy_dir: Path, tmp_path: Path
+) -> None:
+    """A killed ingress process stops ``lam serve`` in order, exit 1, saying what happened."""
+    env = {
+        "LAM_HOME": str(tmp_path / "home"),
+        "LAM_POLICY_DIR": str(policy_dir),
+        "SLACK_BOT_TOKEN": sim.bot_token,
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "SLACK_API_URL": sim.api_url,
+    }
+    async with lam_serve(env) as lam:
+        [ingress] = children(lam.process.pid)
+        os.kill(ingress, signal.SIGKILL)
+        assert await lam.process.wait() == 1
+        lost = await lam.wait_for_log("slack.ingress_lost")
+        assert lost["exit_code"] == -9
+        await lam.wait_for_log("shutdown.finished")
+        said = [line["text"] for line in lam.logs if line["event"] == "(not json)"]
+        assert "error: the Slack ingress process exited on its own with code -9" in said
